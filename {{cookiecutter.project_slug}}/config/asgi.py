@@ -1,0 +1,52 @@
+{%- if cookiecutter.sse_mode == "channels" -%}
+"""ASGI entry point: ``/sse/<stream>/`` goes to the SSE consumer, the rest to Django."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+django_application = get_asgi_application()  # sets Django up before the imports below
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.urls import re_path  # noqa: E402
+
+from sse.consumers import SSEConsumer  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": URLRouter(
+            [
+                re_path(r"^sse/(?P<stream>.*)/$", AuthMiddlewareStack(SSEConsumer.as_asgi())),
+                re_path(r"", django_application),
+            ]
+        ),
+    }
+)
+{%- else -%}
+"""ASGI entry point: Django alone; ``/sse/<stream>/`` is an async view."""
+
+import os
+
+import django
+from django.core.handlers.asgi import ASGIHandler
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+
+class Handler(ASGIHandler):
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+        if scope["type"] == "http" and scope["path"].startswith("/sse/"):
+            # Django runs each request in a ThreadSensitiveContext, which gives it
+            # its own thread for sync middleware until the request ends. A stream
+            # lasts hours: 2,000 streams would hold 2,000 idle threads. Without the
+            # context the same middleware runs on one shared thread.
+            await self.handle(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
+django.setup(set_prefix=False)
+application = Handler()
+{%- endif %}

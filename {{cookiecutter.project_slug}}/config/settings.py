@@ -1,0 +1,139 @@
+"""Settings, read from the environment and ``.env``.
+
+Every variable is listed in ``.env.example`` and the README.
+"""
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env")
+
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+# Required when debug is off, so production never starts with a known key.
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", **({} if not DEBUG else {"default": "dev-only-insecure-key"}))
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "daphne",  # first: its runserver serves ASGI, streams included
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+{%- if cookiecutter.sse_mode == "channels" %}
+    "channels",
+{%- endif %}
+    "sse",
+    "demo",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = env.path("DJANGO_STATIC_ROOT", default=BASE_DIR / "staticfiles")
+
+# --- Behind nginx, over HTTPS -------------------------------------------------
+# nginx sets X-Forwarded-Proto; only trust it because nginx overwrites it.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=not DEBUG)
+SESSION_COOKIE_SECURE = env.bool("DJANGO_SESSION_COOKIE_SECURE", default=not DEBUG)
+CSRF_COOKIE_SECURE = env.bool("DJANGO_CSRF_COOKIE_SECURE", default=not DEBUG)
+SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=0 if DEBUG else 31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=False)
+# includeSubDomains and preload commit every subdomain, and the domain for
+# months, to HTTPS: a choice for the site owner, so they are off by default and
+# their deploy checks (W005, W021) are silenced until switched on.
+SILENCED_SYSTEM_CHECKS = [
+    *([] if SECURE_HSTS_INCLUDE_SUBDOMAINS else ["security.W005"]),
+    *([] if SECURE_HSTS_PRELOAD else ["security.W021"]),
+]
+
+# --- Server-Sent Events ---------------------------------------------------------
+# Unset: one process, events kept in memory. Set: Redis carries events between
+# processes and keeps the replay log.
+REDIS_URL = env.str("REDIS_URL", default=None)
+SSE_KEY_PREFIX = env.str("SSE_KEY_PREFIX", default="{{ cookiecutter.project_slug }}:sse")
+SSE_MAXLEN = env.int("SSE_MAXLEN", default=10_000)  # events kept per stream for replay (approximate)
+SSE_STREAM_TTL = env.int("SSE_STREAM_TTL", default=86_400)  # seconds a stream's log outlives its last event
+SSE_HEARTBEAT = env.float("SSE_HEARTBEAT", default=15.0)  # seconds between comment lines
+SSE_RETRY_MS = env.int("SSE_RETRY_MS", default=3_000)  # the retry: hint, randomized by +-20%
+SSE_QUEUE_SIZE = env.int("SSE_QUEUE_SIZE", default=1_000)  # events a client may fall behind before it is closed
+SSE_MAX_DATA_BYTES = env.int("SSE_MAX_DATA_BYTES", default=1_048_576)  # largest event data, as JSON
+SSE_REDIS_SOCKET_TIMEOUT = env.float("SSE_REDIS_SOCKET_TIMEOUT", default=30.0)
+SSE_REDIS_MAX_CONNECTIONS = env.int("SSE_REDIS_MAX_CONNECTIONS", default=50)
+SSE_DEMO_PUBLISH = env.bool("SSE_DEMO_PUBLISH", default=DEBUG)  # the demo form; staff may always publish
+{%- if cookiecutter.sse_mode == "channels" %}
+SSE_FEEDS = ["sse.layer.LayerFeed"]  # group_send({"type": "sse.event"}) reaches clients too
+
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                # socket_timeout longer than channels-redis' 5 s blocking reads;
+                # redis-py 8's 5 s default times out idle layers.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": SSE_REDIS_SOCKET_TIMEOUT, "max_connections": 100}],
+                "group_expiry": env.int("CHANNELS_GROUP_EXPIRY", default=86_400),
+            },
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+{%- endif %}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {"sse": {"level": env.str("SSE_LOG_LEVEL", default="INFO"), "propagate": True}},
+}

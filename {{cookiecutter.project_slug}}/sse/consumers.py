@@ -1,0 +1,60 @@
+"""channels mode: the SSE endpoint is a Channels ``AsyncHttpConsumer``.
+
+Routed before Django, a consumer skips Django's middleware, so this one applies
+what a view would get: ``ALLOWED_HOSTS`` validation, ``SecurityMiddleware``
+(HTTPS redirect, security headers) and the session user from
+``AuthMiddlewareStack``. The response itself comes from the same code as in
+async_view mode.
+"""
+
+import asyncio
+from io import BytesIO
+
+from channels.generic.http import AsyncHttpConsumer
+from django.core.exceptions import DisallowedHost
+from django.core.handlers.asgi import ASGIRequest
+from django.http import HttpResponse
+from django.middleware.security import SecurityMiddleware
+
+from sse.stream import plain, stream_response
+
+security = SecurityMiddleware(lambda request: HttpResponse())
+
+
+class SSEConsumer(AsyncHttpConsumer):
+    task: asyncio.Task[None] | None = None
+
+    async def http_request(self, message: dict) -> None:
+        # Not AsyncHttpConsumer.handle(): a handle() that returns ends the consumer,
+        # and one that loops never sees http.disconnect.
+        if message.get("more_body"):
+            return
+        request = ASGIRequest(self.scope, BytesIO())
+        request.user = self.scope.get("user")
+        request.session = self.scope.get("session")
+        try:
+            request.get_host()
+        except DisallowedHost:
+            response = plain(400, "invalid Host header")
+        else:
+            stream = self.scope["url_route"]["kwargs"]["stream"]
+            response = security.process_request(request) or await stream_response(request, stream)
+            response = security.process_response(request, response)
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.items()]
+        await self.send_headers(status=response.status_code, headers=headers)
+        if response.streaming:
+            self.task = asyncio.create_task(self.pump(response))
+        else:
+            await self.send_body(response.content)
+
+    async def pump(self, response: HttpResponse) -> None:
+        try:
+            async for chunk in response.streaming_content:
+                await self.send_body(chunk, more_body=True)
+            await self.send_body(b"")  # the server ended it (slow client): clean close
+        finally:
+            response.close()
+
+    async def disconnect(self) -> None:
+        if self.task is not None:
+            self.task.cancel()

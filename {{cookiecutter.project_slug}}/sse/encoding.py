@@ -1,0 +1,87 @@
+"""The SSE wire format, per the WHATWG HTML "Server-sent events" section.
+
+This is the only module that writes SSE bytes. Everything that reaches a
+client goes through :func:`encode`, so a field value can never carry the CR
+or LF that would let data forge an extra field or event.
+"""
+
+import json
+import re
+from typing import Any
+
+STREAM_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# Redis Stream entry ids ("<ms>-<seq>"), optionally followed by ".<n>" for the
+# live-only events that bypass the log (channels-mode group_send).
+EVENT_ID = re.compile(r"(\d{1,20})-(\d{1,20})(?:\.(\d{1,20}))?")
+MAX_EVENT_NAME = 64
+RESET_EVENT = "reset"
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_FORBIDDEN = re.compile(r"[\r\n\0]")
+
+EventKey = tuple[int, int, int]
+
+
+class InvalidEvent(ValueError):
+    """Input that cannot be published or parsed; the message is safe to show."""
+
+
+def validate_stream(name: object) -> str:
+    if not isinstance(name, str) or not STREAM_NAME.fullmatch(name):
+        raise InvalidEvent(f"invalid stream name {name!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+    return name
+
+
+def validate_event_name(name: object) -> str:
+    if not isinstance(name, str) or not name or len(name) > MAX_EVENT_NAME:
+        raise InvalidEvent(f"event name must be 1-{MAX_EVENT_NAME} characters")
+    if _FORBIDDEN.search(name):
+        raise InvalidEvent("event name must not contain CR, LF or NUL")
+    return name
+
+
+def parse_id(value: str) -> EventKey:
+    """Turn an event id into a sortable key, or raise InvalidEvent."""
+    match = EVENT_ID.fullmatch(value)
+    if match is None:
+        raise InvalidEvent(f"malformed event id {value[:80]!r}")
+    ms, seq, extra = match.groups()
+    return int(ms), int(seq), int(extra or 0)
+
+
+def format_id(key: EventKey) -> str:
+    ms, seq, extra = key
+    return f"{ms}-{seq}.{extra}" if extra else f"{ms}-{seq}"
+
+
+def dumps(data: Any) -> str:
+    """Serialize event data to JSON text, the only data format on the wire."""
+    try:
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidEvent(f"data is not JSON-serializable: {exc}") from None
+
+
+def encode(
+    *,
+    data: str | None = None,
+    event: str | None = None,
+    id: str | None = None,
+    retry: int | None = None,
+    comment: str | None = None,
+) -> bytes:
+    """Encode one SSE block; ``data`` is text (JSON), split into one line per line."""
+    lines = []
+    if comment is not None:
+        lines.extend(": " + line for line in _LINE_BREAK.split(comment))
+    if retry is not None:
+        lines.append(f"retry: {int(retry)}")
+    if id is not None:
+        if _FORBIDDEN.search(id):
+            raise InvalidEvent("event id must not contain CR, LF or NUL")
+        lines.append(f"id: {id}" if id else "id")
+    if event is not None:
+        lines.append("event: " + validate_event_name(event))
+    if data is not None:
+        lines.extend("data: " + line for line in _LINE_BREAK.split(data))
+    return ("\n".join(lines) + "\n\n").encode()

@@ -1,0 +1,35 @@
+import json
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from sse import publish
+from sse.broker import BrokerUnavailable
+from sse.encoding import InvalidEvent
+
+
+class Command(BaseCommand):
+    help = "Publish an event to an SSE stream and print its id."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("stream", help="stream name, e.g. notifications")
+        parser.add_argument("--event", default="message", help="event name (default: message)")
+        parser.add_argument("--data", default="null", help="event data as JSON (default: null)")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if not getattr(settings, "REDIS_URL", None):
+            # An in-memory event would only reach this short-lived process.
+            raise CommandError(
+                "REDIS_URL is not set: with the in-memory broker an event published from this "
+                "command reaches no server. Set REDIS_URL, or publish from the running process."
+            )
+        try:
+            data = json.loads(options["data"])
+        except json.JSONDecodeError as exc:
+            raise CommandError(f"--data is not valid JSON: {exc}") from None
+        try:
+            event_id = publish(options["stream"], options["event"], data)
+        except (InvalidEvent, BrokerUnavailable) as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(event_id)

@@ -1,0 +1,138 @@
+"""One client connection, the same for both transports.
+
+Order of work, so that nothing is lost or sent twice on reconnect: subscribe
+to live events first, replay from the log second, then pass on only the live
+events newer than the last one sent.
+"""
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+
+from sse.broker import ZERO, BrokerUnavailable, Hub, Subscription, get_hub, setting
+from sse.encoding import RESET_EVENT, EventKey, InvalidEvent, dumps, encode, parse_id, validate_stream
+
+REPLAY_PAGE = 500
+
+
+def plain(status: int, message: str, **headers: str) -> HttpResponse:
+    response = HttpResponse(message + "\n", status=status, content_type="text/plain; charset=utf-8")
+    for name, value in headers.items():
+        response[name.replace("_", "-")] = value
+    return response
+
+
+def last_event_id(request: HttpRequest) -> str | None:
+    # The header wins: the browser keeps the query string on its own reconnects,
+    # so the query's id is stale once the header is there.
+    return request.headers.get("Last-Event-ID") or request.GET.get("last_event_id") or None
+
+
+async def stream_response(request: HttpRequest, stream: str) -> HttpResponse:
+    """The response for ``GET /sse/<stream>/``: a stream, or a 4xx/503 that says why."""
+    if request.method != "GET":
+        return plain(405, "SSE streams are read with GET", Allow="GET")
+    try:
+        validate_stream(stream)
+    except InvalidEvent as exc:
+        return plain(404, str(exc))
+    last_id = last_event_id(request)
+    if last_id is not None:
+        try:
+            parse_id(last_id)
+        except InvalidEvent as exc:
+            return plain(400, f"Last-Event-ID: {exc}")
+    hub = get_hub()
+    try:
+        sub = await hub.subscribe(stream)
+    except BrokerUnavailable:
+        return plain(503, "event broker unavailable, retry shortly", Retry_After="5")
+    connection = Connection(hub, sub, last_id)
+    response = StreamingHttpResponse(connection.frames(), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    # nginx must not buffer the stream, whatever its proxy_buffering says.
+    response["X-Accel-Buffering"] = "no"
+    response._resource_closers.append(connection.close)
+    return response
+
+
+class Connection:
+    def __init__(self, hub: Hub, sub: Subscription, last_id: str | None) -> None:
+        self.hub = hub
+        self.sub = sub
+        self.last_id = last_id
+
+    def close(self) -> None:
+        self.hub.unsubscribe(self.sub)
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        try:
+            # Sent at once: Daphne sends the headers only with the first body chunk.
+            # The jitter spreads the reconnect storm after a restart.
+            retry = setting("SSE_RETRY_MS", 3000)
+            yield encode(retry=int(retry * random.uniform(0.8, 1.2)))
+            sent = ZERO
+            if self.last_id is not None:
+                sent = parse_id(self.last_id)
+                async for chunk, key in self.replay():
+                    sent = key
+                    yield chunk
+            async for chunk in self.live(sent):
+                yield chunk
+        finally:
+            self.close()
+
+    async def replay(self) -> AsyncIterator[tuple[bytes, EventKey]]:
+        stream, broker = self.sub.stream, self.hub.broker
+        cursor, first = self.last_id, True
+        while True:
+            entries = await broker.areplay(stream, cursor, REPLAY_PAGE)
+            if entries is None and first:
+                yield await self.reset()
+                return
+            if entries is None:
+                # Trimmed while this client was replaying: end it; it reconnects
+                # with the id it has and gets a reset event.
+                self.sub.close()
+                return
+            if entries:
+                cursor = entries[-1][0]
+                yield b"".join(encode(id=i, event=e, data=d) for i, e, d in entries), parse_id(cursor)
+            if len(entries) < REPLAY_PAGE:
+                return
+            first = False
+
+    async def reset(self) -> tuple[bytes, EventKey]:
+        """The documented event for an id the log no longer (or never) had."""
+        latest = await self.hub.broker.alast_id(self.sub.stream)
+        data = dumps({"reason": "unknown-id", "last_event_id": self.last_id})
+        # The id moves the client to the newest entry (or clears it when the log is
+        # empty), so its next reconnect does not reset again. Live events from there.
+        frame = encode(id=latest or "", event=RESET_EVENT, data=data)
+        return frame, parse_id(latest) if latest else ZERO
+
+    async def live(self, sent: EventKey) -> AsyncIterator[bytes]:
+        queue = self.sub.queue
+        heartbeat = setting("SSE_HEARTBEAT", 15.0)
+        ping = encode(comment="ping")
+        while True:
+            try:
+                async with asyncio.timeout(heartbeat):
+                    item = await queue.get()
+            except TimeoutError:
+                yield ping
+                continue
+            chunks = []
+            while item:
+                key, frame = item
+                if key > sent:
+                    chunks.append(frame)
+                    sent = key
+                # Whatever is already queued goes out in the same write.
+                item = queue.get_nowait() if not queue.empty() else False
+            if chunks:
+                yield b"".join(chunks)
+            if item is None:
+                return
