@@ -198,6 +198,13 @@ class Hub:
             except Exception:
                 log.warning("sse: could not unwatch %s", stream, exc_info=True)
 
+    async def aclose(self) -> None:
+        for handle in self._idle.values():
+            handle.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
     def spawn(self, coro: Any) -> "asyncio.Task[None]":
         """Start a background task and keep a reference, so it is not collected."""
         task = asyncio.ensure_future(coro)
@@ -237,6 +244,9 @@ class Broker:
 
     def feed(self, hub: Hub) -> Feed:
         raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Close the connections of the running event loop."""
 
 
 class MemoryBroker(Broker):
@@ -333,6 +343,12 @@ class RedisBroker(Broker):
             )
             client = self._async[loop] = aredis.Redis(connection_pool=pool)
         return client
+
+    async def aclose(self) -> None:
+        client = self._async.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
+            await client.connection_pool.disconnect()
 
     def unavailable(self, exc: Exception) -> BrokerUnavailable:
         return BrokerUnavailable(f"Redis at {redacted(self.url)} is unavailable: {exc}")
@@ -541,10 +557,21 @@ def get_hub() -> Hub:
     return hub
 
 
+async def aclose() -> None:
+    """Stop this event loop's hub and close its Redis connections (tests, shutdown)."""
+    hub = _hubs.pop(asyncio.get_running_loop(), None)
+    if hub is not None:
+        await hub.aclose()
+    if _broker is not None:
+        await _broker.aclose()
+
+
 def _reset(*, setting: str, **kwargs: Any) -> None:
     global _broker
     if setting == "REDIS_URL" or setting.startswith("SSE_"):
         with _broker_lock:
+            if isinstance(_broker, RedisBroker) and _broker._sync is not None:
+                _broker._sync.close()
             _broker = None
         _hubs.clear()
 

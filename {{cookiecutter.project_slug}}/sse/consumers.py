@@ -18,8 +18,6 @@ from django.middleware.security import SecurityMiddleware
 
 from sse.stream import plain, stream_response
 
-security = SecurityMiddleware(lambda request: HttpResponse())
-
 
 class SSEConsumer(AsyncHttpConsumer):
     task: asyncio.Task[None] | None = None
@@ -32,6 +30,7 @@ class SSEConsumer(AsyncHttpConsumer):
         request = ASGIRequest(self.scope, BytesIO())
         request.user = self.scope.get("user")
         request.session = self.scope.get("session")
+        security = SecurityMiddleware(lambda request: HttpResponse())  # reads settings now
         try:
             request.get_host()
         except DisallowedHost:

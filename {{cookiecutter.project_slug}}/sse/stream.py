@@ -12,7 +12,15 @@ from collections.abc import AsyncIterator
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from sse.broker import ZERO, BrokerUnavailable, Hub, Subscription, get_hub, setting
-from sse.encoding import RESET_EVENT, EventKey, InvalidEvent, dumps, encode, parse_id, validate_stream
+from sse.encoding import (
+    RESET_EVENT,
+    EventKey,
+    InvalidEvent,
+    dumps,
+    encode,
+    parse_id,
+    validate_stream,
+)
 
 REPLAY_PAGE = 500
 

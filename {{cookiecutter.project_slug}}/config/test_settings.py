@@ -1,0 +1,13 @@
+"""Settings for the test suite: production defaults, with what tests can't provide."""
+
+import os
+
+os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-not-secret")
+os.environ["DJANGO_SECURE_SSL_REDIRECT"] = "0"
+os.environ["REDIS_URL"] = ""  # tests pick the broker themselves (tests/conftest.py)
+
+from config.settings import *  # noqa: F403
+
+DEBUG = False
+SSE_DEMO_PUBLISH = False
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast user creation

@@ -1,0 +1,65 @@
+import asyncio
+import os
+import uuid
+
+import pytest
+
+from sse import broker
+from sse.encoding import STREAM_NAME
+
+REDIS_URL = os.environ.get("SSE_TEST_REDIS_URL")
+BACKENDS = [
+    "memory",
+    pytest.param("redis", marks=pytest.mark.skipif(not REDIS_URL, reason="set SSE_TEST_REDIS_URL to a Redis to test")),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+async def backend(request, settings):
+    """Run the test against the in-memory broker and against a real Redis."""
+    settings.SSE_KEY_PREFIX = f"test-{uuid.uuid4().hex[:8]}"
+    settings.REDIS_URL = REDIS_URL if request.param == "redis" else None
+    yield request.param
+    # Each test has its own event loop: close what the hub opened on it.
+    await broker.aclose()
+
+
+@pytest.fixture
+def stream() -> str:
+    name = f"s-{uuid.uuid4().hex[:10]}"
+    assert STREAM_NAME.fullmatch(name)
+    return name
+
+
+def parse(text: str) -> list[dict]:
+    """A small WHATWG-style parser: the events, and the fields of each."""
+    events, current = [], {}
+    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        if not line:
+            if current:
+                events.append(current)
+            current = {}
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data" and "data" in current:
+            current["data"] += "\n" + value
+        else:
+            current[name or "comment"] = value
+    return events
+
+
+async def read_until(chunks, predicate, limit: float = 5.0) -> list[dict]:
+    """Read an async iterator of SSE bytes until the parsed events satisfy ``predicate``."""
+    text = ""
+    async with asyncio.timeout(limit):
+        async for chunk in chunks:
+            text += chunk.decode()
+            events = parse(text.rsplit("\n\n", 1)[0] + "\n\n") if "\n\n" in text else []
+            if predicate(events):
+                return events
+    raise AssertionError(f"stream ended early: {text!r}")
+
+
+def data_events(events: list[dict]) -> list[dict]:
+    return [e for e in events if "data" in e]

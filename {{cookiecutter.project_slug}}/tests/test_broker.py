@@ -1,0 +1,89 @@
+import asyncio
+import threading
+
+import pytest
+
+from sse import apublish, publish
+from sse.broker import get_broker, get_hub
+from sse.encoding import InvalidEvent, dumps, parse_id
+from tests.conftest import parse
+
+
+async def test_ids_increase_and_replay_returns_what_follows(backend, stream):
+    ids = [await apublish(stream, "n", {"i": i}) for i in range(5)]
+    assert [parse_id(i) for i in ids] == sorted(parse_id(i) for i in ids)
+    assert len(set(ids)) == 5
+    broker = get_broker()
+    entries = await broker.areplay(stream, ids[1], 100)
+    assert [(i, e, d) for i, e, d in entries] == [(ids[n], "n", dumps({"i": n})) for n in (2, 3, 4)]
+    assert await broker.areplay(stream, ids[4], 100) == []
+    assert await broker.areplay(stream, ids[1], 2) == [entries[0], entries[1]]
+    assert await broker.alast_id(stream) == ids[4]
+
+
+async def test_unknown_id_is_outside_the_window(backend, stream):
+    await apublish(stream, "n", 1)
+    assert await get_broker().areplay(stream, "1-0", 10) is None
+    assert await get_broker().areplay(stream + "x", "1-0", 10) is None
+
+
+async def test_retention_is_bounded(backend, stream, settings):
+    settings.SSE_MAXLEN = 3
+    first = publish(stream, "n", 0)
+    for i in range(300):  # Redis trims approximately, in whole nodes of 100
+        publish(stream, "n", i)
+    assert await get_broker().areplay(stream, first, 10) is None
+
+
+@pytest.mark.parametrize(
+    ("stream", "event", "data"),
+    [("bad name", "e", 1), ("ok", "bad\nname", 1), ("ok", "e", float("inf")), ("ok", "reset", 1)],
+    ids=["stream", "event", "data", "reserved-event"],
+)
+async def test_bad_input_is_rejected_before_anything_is_written(backend, stream, event, data):
+    with pytest.raises(InvalidEvent):
+        await apublish(stream, event, data)
+    with pytest.raises(InvalidEvent):
+        publish(stream, event, data)
+
+
+async def test_data_size_is_limited(backend, stream, settings):
+    settings.SSE_MAX_DATA_BYTES = 100
+    with pytest.raises(InvalidEvent, match="SSE_MAX_DATA_BYTES"):
+        await apublish(stream, "n", "x" * 200)
+
+
+async def test_hub_fans_out_once_encoded_frames_in_order(backend, stream):
+    hub = get_hub()
+    a, b = await hub.subscribe(stream), await hub.subscribe(stream)
+    ids = [await apublish(stream, "n", i) for i in range(3)]
+    for sub in (a, b):
+        got = [await asyncio.wait_for(sub.queue.get(), 5) for _ in ids]
+        assert [parse(frame.decode())[0]["id"] for _key, frame in got] == ids
+    assert got[0][1] is not None
+    hub.unsubscribe(a)
+    hub.unsubscribe(b)
+
+
+async def test_sync_publish_from_other_threads_reaches_the_loop(backend, stream):
+    hub = get_hub()
+    sub = await hub.subscribe(stream)
+    threads = [threading.Thread(target=publish, args=(stream, "t", n)) for n in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    keys = [(await asyncio.wait_for(sub.queue.get(), 5))[0] for _ in range(10)]
+    assert keys == sorted(keys)
+    hub.unsubscribe(sub)
+
+
+async def test_a_client_too_far_behind_is_closed(backend, stream, settings):
+    settings.SSE_QUEUE_SIZE = 5
+    hub = get_hub()
+    sub = await hub.subscribe(stream)
+    for i in range(10):
+        await apublish(stream, "n", i)
+    await asyncio.sleep(0.2)
+    assert sub.dropped
+    assert await asyncio.wait_for(sub.queue.get(), 5) is None

@@ -1,0 +1,110 @@
+"""channels mode: the consumer as Daphne runs it, through config.asgi's router."""
+
+import asyncio
+
+from channels.layers import get_channel_layer
+from channels.testing import ApplicationCommunicator
+
+from config.asgi import application
+from sse import apublish
+from sse.broker import get_hub
+from tests.conftest import parse
+
+
+def scope(path: str, headers=(), query: bytes = b"") -> dict:
+    return {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), *headers],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+    }
+
+
+async def start(path: str, headers=(), query: bytes = b""):
+    comm = ApplicationCommunicator(application, scope(path, headers, query))
+    await comm.send_input({"type": "http.request", "body": b"", "more_body": False})
+    start = await comm.receive_output(5)
+    return comm, start, dict(start["headers"])
+
+
+async def body(comm) -> bytes:
+    message = await comm.receive_output(5)
+    assert message["type"] == "http.response.body"
+    return message["body"]
+
+
+async def events_until(comm, count: int) -> list[dict]:
+    text = ""
+    while len([e for e in parse(text) if "data" in e]) < count:
+        text += (await body(comm)).decode()
+    return [e for e in parse(text) if "data" in e]
+
+
+async def test_stream_headers_first_chunk_and_events(backend, stream):
+    comm, start_msg, headers = await start(f"/sse/{stream}/")
+    assert start_msg["status"] == 200
+    assert headers[b"Content-Type"] == b"text/event-stream"
+    assert headers[b"Cache-Control"] == b"no-cache"
+    assert headers[b"X-Accel-Buffering"] == b"no"
+    assert headers[b"X-Content-Type-Options"] == b"nosniff"  # SecurityMiddleware applied
+    assert b"Connection" not in headers and b"Transfer-Encoding" not in headers
+    assert (await body(comm)).startswith(b"retry: ")
+    event_id = await apublish(stream, "n", {"x": 1})
+    assert (await events_until(comm, 1))[0]["id"] == event_id
+    await comm.send_input({"type": "http.disconnect"})
+    await comm.wait(5)
+    assert not get_hub().subscribers[stream]
+
+
+async def test_plain_group_send_reaches_clients_once(backend, stream):
+    comm, _, _ = await start(f"/sse/{stream}/")
+    await body(comm)
+    logged = await apublish(stream, "n", 1)
+    await events_until(comm, 1)
+    await get_channel_layer().group_send(stream, {"type": "sse.event", "event": "chat", "data": {"t": "hey"}})
+    (event,) = await events_until(comm, 1)
+    assert event == {"id": f"{logged}.1", "event": "chat", "data": '{"t":"hey"}'}
+    assert await comm.receive_nothing(0.3)
+    await comm.send_input({"type": "http.disconnect"})
+    await comm.wait(5)
+
+
+async def test_replay_through_the_consumer(backend, stream):
+    ids = [await apublish(stream, "n", i) for i in range(3)]
+    comm, _, _ = await start(f"/sse/{stream}/", headers=[(b"last-event-id", ids[0].encode())])
+    assert [e["id"] for e in await events_until(comm, 2)] == ids[1:]
+    await comm.send_input({"type": "http.disconnect"})
+    await comm.wait(5)
+
+
+async def test_bad_requests_are_4xx_with_a_reason(backend, stream):
+    for path, headers, status in [
+        ("/sse/bad%20name/", [], 404),
+        (f"/sse/{'x' * 65}/", [], 404),
+        (f"/sse/{stream}/", [(b"last-event-id", b"nope")], 400),
+    ]:
+        comm, start_msg, _ = await start(path.replace("%20", " "), headers)
+        assert start_msg["status"] == status
+        assert (await body(comm)).strip()
+        await comm.send_input({"type": "http.disconnect"})
+        await comm.wait(5)
+
+
+async def test_host_validation_and_https_redirect(backend, stream, settings):
+    comm, start_msg, _ = await start(f"/sse/{stream}/", headers=[(b"host", b"evil.example")])
+    assert start_msg["status"] == 400
+    settings.SECURE_SSL_REDIRECT = True
+    comm, start_msg, headers = await start(f"/sse/{stream}/")
+    assert start_msg["status"] == 301
+    assert headers[b"Location"].startswith(b"https://")
+    comm, start_msg, _ = await start(f"/sse/{stream}/", headers=[(b"x-forwarded-proto", b"https")])
+    assert start_msg["status"] == 200
+    await comm.send_input({"type": "http.disconnect"})
+    await asyncio.wait_for(comm.wait(), 5)

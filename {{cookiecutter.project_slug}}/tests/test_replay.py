@@ -1,0 +1,132 @@
+"""Replay and live delivery through the response both transports serve."""
+
+import asyncio
+import contextlib
+import json
+
+from django.test import RequestFactory
+
+from sse import apublish
+from sse.broker import get_hub
+from sse.stream import stream_response
+from tests.conftest import data_events, read_until
+
+rf = RequestFactory()
+
+
+async def open_stream(stream: str, **headers):
+    response = await stream_response(rf.get(f"/sse/{stream}/", **headers), stream)
+    assert response.status_code == 200, response.content
+    return response.streaming_content
+
+
+async def test_first_chunk_is_retry_then_live_events(backend, stream):
+    chunks = await open_stream(stream)
+    first = await anext(chunks)
+    assert first.startswith(b"retry: ") and first.endswith(b"\n\n")
+    event_id = await apublish(stream, "greeting", {"msg": "hi"})
+    events = await read_until(chunks, lambda ev: data_events(ev))
+    assert data_events(events) == [{"id": event_id, "event": "greeting", "data": '{"msg":"hi"}'}]
+    await chunks.aclose()
+
+
+async def test_reconnect_gets_exactly_the_missed_events_in_order(backend, stream):
+    ids = [await apublish(stream, "n", i) for i in range(6)]
+    chunks = await open_stream(stream, HTTP_LAST_EVENT_ID=ids[2])
+    live = await apublish(stream, "n", 6)
+    events = await read_until(chunks, lambda ev: len(data_events(ev)) >= 4)
+    assert [e["id"] for e in data_events(events)] == [*ids[3:], live]
+    assert [json.loads(e["data"]) for e in data_events(events)] == [3, 4, 5, 6]
+    await chunks.aclose()
+
+
+async def test_events_published_during_replay_are_sent_once(backend, stream):
+    ids = [await apublish(stream, "n", i) for i in range(3)]
+    chunks = await open_stream(stream, HTTP_LAST_EVENT_ID=ids[0])
+    # Published after subscribing but before replay runs: both paths see them.
+    more = [await apublish(stream, "n", i) for i in range(3, 6)]
+    events = await read_until(chunks, lambda ev: len(data_events(ev)) >= 5)
+    last = await apublish(stream, "n", "last")
+    events += await read_until(chunks, lambda ev: any(e.get("data") == '"last"' for e in ev))
+    assert [e["id"] for e in data_events(events)] == [*ids[1:], *more, last]
+    await chunks.aclose()
+
+
+async def test_query_parameter_works_and_the_header_wins(backend, stream):
+    ids = [await apublish(stream, "n", i) for i in range(4)]
+    chunks = await open_stream(f"{stream}", HTTP_LAST_EVENT_ID=ids[2])
+    response2 = await stream_response(rf.get(f"/sse/{stream}/", {"last_event_id": ids[0]}), stream)
+    chunks2 = response2.streaming_content
+    events = await read_until(chunks, lambda ev: len(data_events(ev)) >= 1)
+    events2 = await read_until(chunks2, lambda ev: len(data_events(ev)) >= 3)
+    assert [e["id"] for e in data_events(events)] == ids[3:]
+    assert [e["id"] for e in data_events(events2)] == ids[1:]
+    both = await stream_response(
+        rf.get(f"/sse/{stream}/", {"last_event_id": ids[0]}, HTTP_LAST_EVENT_ID=ids[2]), stream
+    )
+    events3 = await read_until(both.streaming_content, lambda ev: len(data_events(ev)) >= 1)
+    assert [e["id"] for e in data_events(events3)] == ids[3:]
+    for c in (chunks, chunks2, both.streaming_content):
+        await c.aclose()
+
+
+async def test_unknown_id_gets_the_reset_event_then_live(backend, stream):
+    latest = await apublish(stream, "n", "before")
+    chunks = await open_stream(stream, HTTP_LAST_EVENT_ID="1-0")
+    events = await read_until(chunks, lambda ev: data_events(ev))
+    (reset,) = data_events(events)
+    assert reset["event"] == "reset"
+    assert reset["id"] == latest
+    assert json.loads(reset["data"]) == {"reason": "unknown-id", "last_event_id": "1-0"}
+    after = await apublish(stream, "n", "after")
+    events += await read_until(chunks, data_events)
+    assert [e["id"] for e in data_events(events)] == [latest, after]
+    await chunks.aclose()
+
+
+async def test_reset_on_an_empty_stream_clears_the_id(backend, stream):
+    chunks = await open_stream(stream, HTTP_LAST_EVENT_ID="99-0")
+    events = await read_until(chunks, lambda ev: data_events(ev))
+    assert data_events(events)[0]["event"] == "reset"
+    assert data_events(events)[0]["id"] == ""
+    await chunks.aclose()
+
+
+async def test_bad_requests_get_4xx(backend, stream):
+    for name in ["bad name", "x" * 65, "a/b", ""]:
+        response = await stream_response(rf.get("/sse/x/"), name)
+        assert response.status_code == 404
+    for bad in ["abc", "1-2-3", "1-0\n", "x" * 500]:
+        response = await stream_response(rf.get(f"/sse/{stream}/", HTTP_LAST_EVENT_ID=bad), stream)
+        assert response.status_code == 400, bad
+        response = await stream_response(rf.get(f"/sse/{stream}/", {"last_event_id": bad}), stream)
+        assert response.status_code == 400, bad
+    response = await stream_response(rf.post(f"/sse/{stream}/"), stream)
+    assert response.status_code == 405
+
+
+async def test_heartbeat_comments_while_idle(backend, stream, settings):
+    settings.SSE_HEARTBEAT = 0.2
+    chunks = await open_stream(stream)
+    await anext(chunks)
+    assert await asyncio.wait_for(anext(chunks), 3) == b": ping\n\n"
+    await chunks.aclose()
+
+
+async def test_disconnect_and_close_unsubscribe(backend, stream):
+    hub = get_hub()
+    # A client that goes away: the server cancels the task reading the stream.
+    chunks = await open_stream(stream)
+    await anext(chunks)
+    assert len(hub.subscribers[stream]) == 1
+    reader = asyncio.ensure_future(anext(chunks))
+    await asyncio.sleep(0.05)
+    reader.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reader
+    assert len(hub.subscribers[stream]) == 0
+    # The end of a request: Django closes the response.
+    response = await stream_response(rf.get(f"/sse/{stream}/"), stream)
+    assert len(hub.subscribers[stream]) == 1
+    response.close()
+    assert len(hub.subscribers[stream]) == 0

@@ -1,0 +1,49 @@
+"""async_view mode: the endpoint as Django serves it, middleware included."""
+
+import asyncio
+
+from django.test import AsyncClient
+
+from sse import apublish
+from tests.conftest import data_events, read_until
+
+
+async def test_stream_headers_and_events(backend, stream):
+    client = AsyncClient()
+    response = await client.get(f"/sse/{stream}/")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/event-stream"
+    assert response["Cache-Control"] == "no-cache"
+    assert response["X-Accel-Buffering"] == "no"
+    assert response["X-Content-Type-Options"] == "nosniff"  # SecurityMiddleware ran
+    assert "Connection" not in response and "Transfer-Encoding" not in response
+    chunks = response.streaming_content
+    assert (await anext(chunks)).startswith(b"retry: ")
+    event_id = await apublish(stream, "n", {"x": 1})
+    events = await read_until(chunks, data_events)
+    assert data_events(events)[0]["id"] == event_id
+    await chunks.aclose()
+
+
+async def test_bad_names_and_ids_are_4xx(backend, stream):
+    client = AsyncClient()
+    assert (await client.get("/sse/bad%20name/")).status_code == 404
+    assert (await client.get(f"/sse/{'x' * 65}/")).status_code == 404
+    assert (await client.get("/sse/a/b/")).status_code == 404
+    assert (await client.get(f"/sse/{stream}/", headers={"Last-Event-ID": "nope"})).status_code == 400
+
+
+async def test_host_validation(backend, stream):
+    response = await AsyncClient().get(f"/sse/{stream}/", headers={"Host": "evil.example"})
+    assert response.status_code == 400
+
+
+async def test_https_redirect(backend, stream, settings):
+    settings.SECURE_SSL_REDIRECT = True
+    response = await AsyncClient().get(f"/sse/{stream}/")
+    assert response.status_code == 301
+    assert response["Location"].startswith("https://")
+    secure = await AsyncClient().get(f"/sse/{stream}/", headers={"X-Forwarded-Proto": "https"})
+    assert secure.status_code == 200
+    await asyncio.wait_for(anext(secure.streaming_content), 5)
+    await secure.streaming_content.aclose()
