@@ -100,7 +100,10 @@ SILENCED_SYSTEM_CHECKS = [
 # Unset: one process, events kept in memory. Set: Redis carries events between
 # processes and keeps the replay log.
 REDIS_URL = env.str("REDIS_URL", default=None)
-SSE_KEY_PREFIX = env.str("SSE_KEY_PREFIX", default="{{ cookiecutter.project_slug }}:sse")
+SSE_KEY_PREFIX = env.str(
+    "SSE_KEY_PREFIX",
+    default="{{ cookiecutter.project_slug }}:sse",
+)
 SSE_MAXLEN = env.int("SSE_MAXLEN", default=10_000)  # events kept per stream for replay (approximate)
 SSE_STREAM_TTL = env.int("SSE_STREAM_TTL", default=86_400)  # seconds a stream's log outlives its last event
 SSE_HEARTBEAT = env.float("SSE_HEARTBEAT", default=15.0)  # seconds between comment lines

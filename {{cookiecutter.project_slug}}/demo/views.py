@@ -12,7 +12,7 @@ from sse import apublish
 from sse.broker import BrokerUnavailable
 from sse.encoding import InvalidEvent
 
-PROJECT_NAME = {{ cookiecutter.project_name|tojson }}
+PROJECT_NAME = {{ cookiecutter.project_name|tojson|replace('\\"', '\\u0022') }}
 STREAMS = ["notifications", "chat"]
 MAX_BODY = 64 * 1024
 

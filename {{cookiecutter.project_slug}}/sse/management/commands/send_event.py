@@ -1,4 +1,5 @@
 import json
+import sys
 from typing import Any
 
 from django.conf import settings
@@ -15,7 +16,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("stream", help="stream name, e.g. notifications")
         parser.add_argument("--event", default="message", help="event name (default: message)")
-        parser.add_argument("--data", default="null", help="event data as JSON (default: null)")
+        parser.add_argument(
+            "--data", default="null", help="event data as JSON, or - to read it from stdin (default: null)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if not getattr(settings, "REDIS_URL", None):
@@ -24,8 +27,9 @@ class Command(BaseCommand):
                 "REDIS_URL is not set: with the in-memory broker an event published from this "
                 "command reaches no server. Set REDIS_URL, or publish from the running process."
             )
+        text = sys.stdin.read() if options["data"] == "-" else options["data"]
         try:
-            data = json.loads(options["data"])
+            data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise CommandError(f"--data is not valid JSON: {exc}") from None
         try:

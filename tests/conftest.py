@@ -1,0 +1,203 @@
+"""Shared fixtures: baked projects with one virtualenv per mode, Redis, Daphne.
+
+Baking and installing is the slow part, so each mode is baked and installed
+once per session (and per xdist worker: tests are grouped by mode so that a
+mode lives on one worker).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MODES = [pytest.param(mode, marks=pytest.mark.xdist_group(mode), id=mode) for mode in ("channels", "async_view")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on {port} after {timeout}s")
+
+
+class RedisServer:
+    """A private redis-server on a free port, which tests may stop and start."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen(
+            [*cmd, "--dir", str(self.workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_for_port(self.port, self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed: run tests/run.sh, which installs it")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+class Project:
+    """A baked project with its own virtualenv."""
+
+    def __init__(self, path: Path, mode: str, venv: Path) -> None:
+        self.path, self.mode, self.venv = path, mode, venv
+        self.python = str(venv / "bin" / "python")
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Production settings, as a deploy would have them, plus ``extra``."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "REDIS_", "SSE_"))}
+        env.update(
+            DJANGO_SETTINGS_MODULE="config.settings",
+            DJANGO_DEBUG="0",
+            DJANGO_SECRET_KEY="e2e-" + "k" * 60,
+            DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
+            DJANGO_SECURE_SSL_REDIRECT="0",
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(extra)
+        return env
+
+    def run(self, *args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+        kwargs.setdefault("env", self.env())
+        kwargs.setdefault("timeout", 600)
+        kwargs.setdefault("cwd", self.path)
+        result = subprocess.run([self.python, *args], capture_output=True, text=True, check=False, **kwargs)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def manage(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        return self.run("manage.py", *args, **kwargs)
+
+
+def bake(output: Path, **context: str) -> Path:
+    from cookiecutter.main import cookiecutter
+
+    return Path(cookiecutter(str(ROOT), no_input=True, output_dir=str(output), extra_context=context))
+
+
+@pytest.fixture(scope="session", params=MODES)
+def project(request, tmp_path_factory) -> Project:
+    """One baked and installed project per mode, shared by the whole session."""
+    mode = request.param
+    base = tmp_path_factory.mktemp(f"project-{mode}")
+    path = bake(base, sse_mode=mode, project_name=f"E2E {mode}")
+    venv = base / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "-r", str(path / "requirements-dev.txt")], check=True, timeout=900)
+    project = Project(path, mode, venv)
+    project.manage("migrate", "-v0")
+    return project
+
+
+class Daphne:
+    def __init__(self, project: Project, port: int, env: dict[str, str], log: Path) -> None:
+        self.port, self.log = port, log
+        # The endpoint string raises Twisted's listen backlog of 50, as deploy/ does.
+        cmd = [str(project.venv / "bin" / "daphne"), "-e", f"tcp:port={port}:interface=127.0.0.1:backlog=1024"]
+        self.proc = subprocess.Popen(
+            [*cmd, "config.asgi:application"],
+            cwd=project.path,
+            env=env,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for_port(port, self.proc)
+        deadline = time.monotonic() + 20
+        while True:  # listening is not ready: wait for Django to answer
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def threads(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/task"))
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def start_daphne(project, redis_server, tmp_path):
+    """Start Daphne processes of ``project`` sharing the test Redis; stopped at teardown."""
+    started: list[Daphne] = []
+
+    def start(**env: str) -> Daphne:
+        port = free_port()
+        settings = project.env(REDIS_URL=redis_server.url, **env)
+        daphne = Daphne(project, port, settings, tmp_path / f"daphne-{port}.log")
+        started.append(daphne)
+        return daphne
+
+    yield start
+    for daphne in started:
+        daphne.stop()
+    for daphne in started:
+        assert "Traceback" not in daphne.output(), daphne.output()
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(tmp)

@@ -1,0 +1,201 @@
+"""End to end, per mode: real Redis, two Daphne processes, publishers in other processes.
+
+Clients are tests/sse_client.py: raw sockets and an independent parser.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+from tests.conftest import Project
+from tests.sse_client import SSEConnection
+
+PAYLOADS = [
+    {"msg": "hi"},
+    "é ✓ 🎉 \u2028 \u00a0 中文",
+    "line one\nline two\r\nline three\rend\n",
+    "data: forged\n\nid: 999\nevent: evil\nretry: 1\n: comment",
+    {"nested": [1, 2.5, None, True, {"x": "y"}], "empty": ""},
+    ["", "\n\n", "\r"],
+    "x" * 200_000,
+    None,
+]
+
+
+def connect(daphne, stream: str, **headers: str) -> SSEConnection:
+    conn = SSEConnection("127.0.0.1", daphne.port, f"/sse/{stream}/", headers)
+    assert conn.wait_status() == 200
+    assert conn.wait(lambda c: c.parser.retry is not None, 5), "no retry: line first"
+    return conn
+
+
+def send_event(project: Project, redis_url: str, stream: str, event: str, data) -> str:
+    result = project.manage(
+        "send_event", stream, "--event", event, "--data", "-", input=json.dumps(data), env=project.env(REDIS_URL=redis_url)
+    )
+    return result.stdout.strip()
+
+
+def test_send_event_reaches_every_client_of_both_processes(project, redis_server, start_daphne):
+    a, b = start_daphne(), start_daphne()
+    clients = [connect(a, "notifications"), connect(a, "notifications"), connect(b, "notifications")]
+    other = connect(b, "other")
+    ids = [send_event(project, redis_server.url, "notifications", "notification", p) for p in PAYLOADS]
+    for client in clients:
+        events = client.wait_events(len(PAYLOADS))
+        assert [e.id for e in events] == ids
+        assert [e.type for e in events] == ["notification"] * len(PAYLOADS)
+        assert [json.loads(e.data) for e in events] == PAYLOADS
+        headers = client.response_headers
+        assert headers["content-type"] == "text/event-stream"
+        assert headers["cache-control"] == "no-cache"
+        assert headers["x-accel-buffering"] == "no"
+    assert other.events == [], "streams are separate"
+    for client in [*clients, other]:
+        client.close()
+
+
+PUBLISH_SCRIPT = """
+import asyncio, sys, django
+django.setup()
+from sse import publish, apublish
+print(publish(sys.argv[1], "sync", {"via": "publish"}))
+print(asyncio.run(apublish(sys.argv[1], "async", {"via": "apublish"})))
+"""
+
+GROUP_SEND_SCRIPT = """
+import sys, django
+django.setup()
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+async_to_sync(get_channel_layer().group_send)(sys.argv[1], {"type": "sse.event", "event": "chat", "data": {"via": "group_send"}})
+"""
+
+
+def test_publish_apublish_and_group_send_from_django_code(project, redis_server, start_daphne):
+    a, b = start_daphne(), start_daphne()
+    clients = [connect(a, "code"), connect(b, "code")]
+    env = project.env(REDIS_URL=redis_server.url)
+    ids = project.run("-c", PUBLISH_SCRIPT, "code", env=env).stdout.split()
+    expected = [("sync", {"via": "publish"}), ("async", {"via": "apublish"})]
+    if project.mode == "channels":
+        project.run("-c", GROUP_SEND_SCRIPT, "code", env=env)
+        expected.append(("chat", {"via": "group_send"}))
+    for client in clients:
+        events = client.wait_events(len(expected))
+        time.sleep(0.5)  # anything extra (a duplicate) would show up by now
+        assert [(e.type, json.loads(e.data)) for e in client.events] == expected
+        assert [e.id for e in events[:2]] == ids
+        if project.mode == "channels":
+            assert events[2].id == f"{ids[1]}.1", "live-only events extend the last logged id"
+        client.close()
+
+
+def test_reconnect_replays_exactly_what_was_missed_from_either_process(project, redis_server, start_daphne):
+    a, b = start_daphne(), start_daphne()
+    first = connect(a, "replay")
+    ids = [send_event(project, redis_server.url, "replay", "n", i) for i in range(3)]
+    seen = first.wait_events(3)
+    first.close()
+    missed = [send_event(project, redis_server.url, "replay", "n", i) for i in range(3, 8)]
+    values = [3, 4, 5, 6, 7]
+    for daphne in (a, b):
+        again = connect(daphne, "replay", **{"Last-Event-ID": seen[-1].id})
+        live = send_event(project, redis_server.url, "replay", "n", f"live on {daphne.port}")
+        missed.append(live)
+        values.append(f"live on {daphne.port}")
+        again.wait_events(len(missed))
+        time.sleep(0.3)  # a duplicate would show up by now
+        assert [e.id for e in again.events] == missed
+        assert [json.loads(e.data) for e in again.events] == values
+        again.close()
+    # The query string works on a first connection (EventSource can't set headers).
+    query = SSEConnection("127.0.0.1", b.port, f"/sse/replay/?last_event_id={ids[0]}")
+    assert [e.id for e in query.wait_events(len(ids) - 1 + len(missed))] == [*ids[1:], *missed]
+    query.close()
+
+
+def test_unknown_ids_reset_and_bad_input_is_4xx_without_tracebacks(project, redis_server, start_daphne):
+    daphne = start_daphne()
+    latest = send_event(project, redis_server.url, "resets", "n", 1)
+    client = connect(daphne, "resets", **{"Last-Event-ID": "1-0"})
+    (reset,) = client.wait_events(1)
+    assert reset.type == "reset" and reset.id == latest
+    assert json.loads(reset.data) == {"reason": "unknown-id", "last_event_id": "1-0"}
+    client.close()
+    bad = [
+        ("/sse/bad%20name/", {}),
+        ("/sse/" + "x" * 65 + "/", {}),
+        ("/sse/a%2Fb/", {}),
+        ("/sse/%00/", {}),
+        ("/sse/ok/", {"Last-Event-ID": "not-an-id"}),
+        ("/sse/ok/?last_event_id=1-2-3", {}),
+        ("/sse/ok/", {"Last-Event-ID": "9" * 300}),
+    ]
+    for path, headers in bad:
+        conn = SSEConnection("127.0.0.1", daphne.port, path, headers)
+        status = conn.wait_status()
+        assert 400 <= status < 500, (path, status)
+        conn.close()
+    # start_daphne's teardown asserts that the log has no traceback.
+
+
+def test_concurrent_publishers_give_every_client_one_order(project, redis_server, start_daphne):
+    a, b = start_daphne(), start_daphne()
+    clients = [connect(a, "race"), connect(a, "race"), connect(b, "race"), connect(b, "race")]
+    script = (
+        "import sys, django\ndjango.setup()\nfrom sse import publish\n"
+        "for i in range(50):\n    publish('race', 'n', {'p': sys.argv[1], 'i': i})\n"
+    )
+    env = project.env(REDIS_URL=redis_server.url)
+    publishers = [
+        subprocess.Popen([project.python, "-c", script, str(n)], cwd=project.path, env=env) for n in range(4)
+    ]
+    for proc in publishers:
+        assert proc.wait(120) == 0
+    sequences = []
+    for client in clients:
+        events = client.wait_events(200, timeout=30)
+        keys = [tuple(int(x) for x in e.id.split("-")) for e in events]
+        assert keys == sorted(keys) and len(set(keys)) == 200, "ids strictly increase"
+        sequences.append([(e.id, e.data) for e in events])
+        for p in range(4):
+            mine = [json.loads(e.data)["i"] for e in events if json.loads(e.data)["p"] == str(p)]
+            assert mine == list(range(50))
+        client.close()
+    assert all(seq == sequences[0] for seq in sequences), "every client sees the same events in the same order"
+
+
+def test_idle_stream_outlives_every_timeout_in_play(project, redis_server, start_daphne):
+    # Socket timeout 6 s (redis-py 8 defaults to 5 s), channels-redis blocks 5 s per read,
+    # pub/sub polls every 1 s: 12 s of silence outlasts all of them.
+    daphne = start_daphne(SSE_REDIS_SOCKET_TIMEOUT="6")
+    client = connect(daphne, "idle")
+    time.sleep(12)
+    assert not client.closed
+    event_id = send_event(project, redis_server.url, "idle", "wake", {"after": "12s"})
+    (event,) = client.wait_events(1)
+    assert event.id == event_id and json.loads(event.data) == {"after": "12s"}
+    client.close()
+
+
+def test_open_streams_hold_no_thread_each(project, start_daphne):
+    """Django's per-request thread (ThreadSensitiveContext) must not stay with a stream."""
+    daphne = start_daphne()
+    warm = connect(daphne, "threads")
+    before = daphne.threads()
+    clients = [connect(daphne, "threads") for _ in range(60)]
+    during = daphne.threads()
+    assert during - before < 10, f"{during - before} more threads for 60 streams"
+    for client in [warm, *clients]:
+        client.close()
+
+
+def test_heartbeats_keep_idle_connections_alive(project, start_daphne):
+    daphne = start_daphne(SSE_HEARTBEAT="0.5")
+    client = connect(daphne, "beat")
+    assert client.wait(lambda c: len(c.parser.comments) >= 2, 5), "comment lines while idle"
+    assert client.events == []
+    client.close()
