@@ -135,12 +135,15 @@ def project(request, tmp_path_factory) -> Project:
 
 
 class Daphne:
-    def __init__(self, project: Project, port: int, env: dict[str, str], log: Path) -> None:
+    def __init__(self, project: Project, port: int, env: dict[str, str], log: Path, runserver: bool = False) -> None:
         self.port, self.log = port, log
         # The endpoint string raises Twisted's listen backlog of 50, as deploy/ does.
         cmd = [str(project.venv / "bin" / "daphne"), "-e", f"tcp:port={port}:interface=127.0.0.1:backlog=1024"]
+        cmd.append("config.asgi:application")
+        if runserver:  # the development server: Daphne too, and it serves static files
+            cmd = [project.python, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"]
         self.proc = subprocess.Popen(
-            [*cmd, "config.asgi:application"],
+            cmd,
             cwd=project.path,
             env=env,
             stdout=log.open("wb"),
@@ -183,10 +186,10 @@ def start_daphne(project, redis_server, tmp_path):
     """Start Daphne processes of ``project`` sharing the test Redis; stopped at teardown."""
     started: list[Daphne] = []
 
-    def start(**env: str) -> Daphne:
+    def start(runserver: bool = False, **env: str) -> Daphne:
         port = free_port()
-        settings = project.env(REDIS_URL=redis_server.url, **env)
-        daphne = Daphne(project, port, settings, tmp_path / f"daphne-{port}.log")
+        settings = project.env(**{"REDIS_URL": redis_server.url, **env})
+        daphne = Daphne(project, port, settings, tmp_path / f"daphne-{port}.log", runserver)
         started.append(daphne)
         return daphne
 
