@@ -19,7 +19,7 @@ ODD_NAMES = {
     "punctuation": {"project_name": "My SSE-App, v2!"},
     "single-letter": {"project_name": "x"},
     "long": {"project_name": "a very long project name " * 3},
-    "quotes": {"project_name": "O'Brien \"Quoted\" \\ Backslash", "project_slug": "obrien"},
+    "quotes": {"project_name": 'O\'Brien "Quoted" \\ Backslash', "project_slug": "obrien"},
     "explicit-slug": {"project_name": "Anything", "project_slug": "my_app_2"},
     "high-port": {"daphne_port": "65000", "daphne_instances": "4"},
     "one-instance": {"daphne_instances": "1", "domain_name": "sse.example.org"},
@@ -153,7 +153,11 @@ def test_post_gen_hook_is_idempotent(tmp_path):
     env = (path / ".env").read_text()
     (path / "notes.txt").write_text("mine")
     again = cookiecutter(
-        str(ROOT), no_input=True, output_dir=str(tmp_path), overwrite_if_exists=True, extra_context={"sse_mode": "async_view"}
+        str(ROOT),
+        no_input=True,
+        output_dir=str(tmp_path),
+        overwrite_if_exists=True,
+        extra_context={"sse_mode": "async_view"},
     )
     assert Path(again) == path
     assert (path / ".env").read_text() == env, "the secret must survive a re-run"

@@ -33,7 +33,14 @@ def connect(daphne, stream: str, **headers: str) -> SSEConnection:
 
 def send_event(project: Project, redis_url: str, stream: str, event: str, data) -> str:
     result = project.manage(
-        "send_event", stream, "--event", event, "--data", "-", input=json.dumps(data), env=project.env(REDIS_URL=redis_url)
+        "send_event",
+        stream,
+        "--event",
+        event,
+        "--data",
+        "-",
+        input=json.dumps(data),
+        env=project.env(REDIS_URL=redis_url),
     )
     return result.stdout.strip()
 
@@ -150,9 +157,7 @@ def test_concurrent_publishers_give_every_client_one_order(project, redis_server
         "for i in range(50):\n    publish('race', 'n', {'p': sys.argv[1], 'i': i})\n"
     )
     env = project.env(REDIS_URL=redis_server.url)
-    publishers = [
-        subprocess.Popen([project.python, "-c", script, str(n)], cwd=project.path, env=env) for n in range(4)
-    ]
+    publishers = [subprocess.Popen([project.python, "-c", script, str(n)], cwd=project.path, env=env) for n in range(4)]
     for proc in publishers:
         assert proc.wait(120) == 0
     sequences = []
@@ -199,3 +204,17 @@ def test_heartbeats_keep_idle_connections_alive(project, start_daphne):
     assert client.wait(lambda c: len(c.parser.comments) >= 2, 5), "comment lines while idle"
     assert client.events == []
     client.close()
+
+
+def test_sigterm_ends_every_stream_at_once_and_cleanly(project, start_daphne):
+    import signal
+
+    daphne = start_daphne()
+    clients = [connect(daphne, "stop") for _ in range(5)]
+    gone = connect(daphne, "stop")
+    gone.close()  # one already disconnected as the stop begins
+    daphne.proc.send_signal(signal.SIGTERM)
+    for client in clients:
+        assert client.wait(lambda c: c.closed, 10), "stream still open after SIGTERM"
+    assert daphne.proc.wait(15) == 0
+    # start_daphne's teardown asserts that the log has no traceback.

@@ -45,9 +45,7 @@ def test_check_deploy_passes_with_production_settings(project: Project):
 
 
 def test_hsts_subdomains_and_preload_when_switched_on(project: Project):
-    env = project.env(
-        **PRODUCTION, DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS="1", DJANGO_SECURE_HSTS_PRELOAD="1"
-    )
+    env = project.env(**PRODUCTION, DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS="1", DJANGO_SECURE_HSTS_PRELOAD="1")
     assert project.manage("shell", "-c", SHOW_SILENCED, env=env).stdout.strip().endswith("[]")
     result = project.manage("check", "--deploy", "--fail-level", "WARNING", env=env)
     assert "no issues" in result.stdout

@@ -27,6 +27,7 @@ application = ProtocolTypeRouter(
 {%- else -%}
 """ASGI entry point: Django alone; ``/sse/<stream>/`` is an async view."""
 
+import asyncio
 import os
 
 import django
@@ -37,14 +38,31 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 class Handler(ASGIHandler):
     async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
-        if scope["type"] == "http" and scope["path"].startswith("/sse/"):
-            # Django runs each request in a ThreadSensitiveContext, which gives it
-            # its own thread for sync middleware until the request ends. A stream
-            # lasts hours: 2,000 streams would hold 2,000 idle threads. Without the
-            # context the same middleware runs on one shared thread.
-            await self.handle(scope, receive, send)
-        else:
+        if scope["type"] != "http" or not scope["path"].startswith("/sse/"):
             await super().__call__(scope, receive, send)
+            return
+        # Django runs each request in a ThreadSensitiveContext, which gives it its
+        # own thread for sync middleware until the request ends. A stream lasts
+        # hours: 2,000 streams would hold 2,000 idle threads. Without the context
+        # the same middleware runs on one shared thread.
+        stopping = asyncio.Event()
+
+        async def receive_or_stop() -> dict:
+            # On shutdown Daphne cancels the application; Django's handle() is not
+            # written for that and would orphan its tasks. A disconnect it does handle.
+            message, stop = asyncio.ensure_future(receive()), asyncio.ensure_future(stopping.wait())
+            await asyncio.wait({message, stop}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (message, stop):
+                task.cancel()
+            return message.result() if message.done() and not message.cancelled() else {"type": "http.disconnect"}
+
+        handler = asyncio.ensure_future(self.handle(scope, receive_or_stop, send))
+        try:
+            await asyncio.shield(handler)
+        except asyncio.CancelledError:
+            stopping.set()
+            await asyncio.wait({handler}, timeout=5)
+            raise
 
 
 django.setup(set_prefix=False)

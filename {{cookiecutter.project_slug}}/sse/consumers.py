@@ -9,6 +9,7 @@ async_view mode.
 
 import asyncio
 from io import BytesIO
+from typing import Any
 
 from channels.generic.http import AsyncHttpConsumer
 from django.core.exceptions import DisallowedHost
@@ -45,6 +46,14 @@ class SSEConsumer(AsyncHttpConsumer):
             self.task = asyncio.create_task(self.pump(response))
         else:
             await self.send_body(response.content)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # On shutdown Daphne cancels the consumer, not its tasks.
+            if self.task is not None:
+                self.task.cancel()
 
     async def pump(self, response: HttpResponse) -> None:
         try:
