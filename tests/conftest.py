@@ -46,9 +46,10 @@ def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: floa
 class RedisServer:
     """A private redis-server on a free port, which tests may stop and start."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, persistent: bool = False) -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.persistent = persistent
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -56,7 +57,8 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        cmd += ["--appendonly", "yes" if self.persistent else "no"]
         self.proc = subprocess.Popen(
             [*cmd, "--dir", str(self.workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

@@ -218,3 +218,44 @@ def test_sigterm_ends_every_stream_at_once_and_cleanly(project, start_daphne):
         assert client.wait(lambda c: c.closed, 10), "stream still open after SIGTERM"
     assert daphne.proc.wait(15) == 0
     # start_daphne's teardown asserts that the log has no traceback.
+
+
+def test_redis_restart_pauses_then_catches_up_without_loss(project, start_daphne, tmp_path):
+    """Streams stay open through an outage; what was published meanwhile arrives once, in order."""
+    from tests.conftest import RedisServer
+
+    redis = RedisServer(tmp_path / "redis", persistent=True)  # its own: this test stops it
+    (tmp_path / "redis").mkdir()
+    redis.start()
+    try:
+        a, b = start_daphne(REDIS_URL=redis.url), start_daphne(REDIS_URL=redis.url)
+        clients = [connect(a, "outage"), connect(a, "outage"), connect(b, "outage"), connect(a, "other")]
+        first = send_event(project, redis.url, "outage", "n", 1)
+        for client in clients[:3]:
+            client.wait_events(1)
+        redis.stop()
+        started = time.monotonic()
+        down = project.manage(
+            "send_event", "outage", "--data", "2", env=project.env(REDIS_URL=redis.url), check=False, timeout=60
+        )
+        assert down.returncode != 0 and "unavailable" in down.stderr and "Traceback" not in down.stderr
+        assert time.monotonic() - started < 20, "publishing while Redis is down must fail fast"
+        time.sleep(2)
+        redis.start()
+        # Published before the processes are subscribed again: only the catch-up has it.
+        during = send_event(project, redis.url, "outage", "n", 3)
+        time.sleep(4)
+        after = send_event(project, redis.url, "outage", "n", 4)
+        for client in clients[:3]:
+            events = client.wait_events(3, timeout=20)
+            time.sleep(0.3)
+            assert [e.id for e in client.events] == [first, during, after]
+            assert not client.closed
+        for daphne in (a, b):
+            paused = daphne.output().count("live events paused")
+            assert paused == 1, f"the outage is logged once per process, not per client: {daphne.output()}"
+            assert "live events resumed" in daphne.output()
+        for client in clients:
+            client.close()
+    finally:
+        redis.stop()

@@ -209,8 +209,13 @@ class Hub:
         """Start a background task and keep a reference, so it is not collected."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished)
         return task
+
+    def _finished(self, task: "asyncio.Task[None]") -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("sse: background task failed", exc_info=task.exception())
 
 
 class NullFeed:
@@ -449,9 +454,14 @@ class RedisFeed:
         while True:
             try:
                 await self.listen()
-            except (redis.RedisError, OSError) as exc:
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
                 if self.failures == 0:  # once per outage, not once per client or retry
-                    log.error("sse: live events paused: %s; reconnecting", self.broker.unavailable(exc))
+                    expected = isinstance(exc, redis.RedisError | OSError)
+                    log.error(
+                        "sse: live events paused: %s; reconnecting", self.broker.unavailable(exc), exc_info=not expected
+                    )
                 self.failures += 1
                 await asyncio.sleep(min(0.05 * 2**self.failures, 2.0))
 

@@ -21,6 +21,9 @@ from sse.stream import plain, stream_response
 
 
 class SSEConsumer(AsyncHttpConsumer):
+    # No channel-layer channel per connection: the hub reads the layer once per
+    # process (sse.layer). An alias with no layer makes AsyncConsumer skip its own.
+    channel_layer_alias = None
     task: asyncio.Task[None] | None = None
 
     async def http_request(self, message: dict) -> None:
