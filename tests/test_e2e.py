@@ -259,3 +259,39 @@ def test_redis_restart_pauses_then_catches_up_without_loss(project, start_daphne
             client.close()
     finally:
         redis.stop()
+
+
+def test_redis_sentinel(project, start_daphne, tmp_path):
+    """REDIS_SENTINELS + REDIS_SENTINEL_MASTER instead of REDIS_URL, for every Redis client."""
+    from tests.conftest import RedisServer, free_port, wait_for_port
+
+    (tmp_path / "master").mkdir()
+    master = RedisServer(tmp_path / "master")
+    master.start()
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"  # Sentinel rewrites its own config file
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor main 127.0.0.1 {master.port} 1\nsentinel down-after-milliseconds main 5000\n"
+    )
+    sentinel = subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, sentinel)
+        env = {"REDIS_URL": "", "REDIS_SENTINELS": f"127.0.0.1:{port}", "REDIS_SENTINEL_MASTER": "main"}
+        a, b = start_daphne(**env), start_daphne(**env)
+        clients = [connect(a, "sentinel"), connect(b, "sentinel")]
+        result = project.manage("send_event", "sentinel", "--data", '"via sentinel"', env=project.env(**env))
+        expected = [("message", '"via sentinel"', result.stdout.strip())]
+        if project.mode == "channels":
+            project.run("-c", GROUP_SEND_SCRIPT, "sentinel", env=project.env(**env))
+            expected.append(("chat", '{"via":"group_send"}', f"{result.stdout.strip()}.1"))
+        for client in clients:
+            client.wait_events(len(expected))
+            assert [(e.type, e.data, e.id) for e in client.events] == expected
+            client.close()
+        keys = subprocess.run(["redis-cli", "-p", str(master.port), "--scan"], capture_output=True, text=True)
+        assert ":sse:sentinel" in keys.stdout, "the log lives on the master Sentinel named"
+    finally:
+        sentinel.terminate()
+        sentinel.wait(10)
+        master.stop()

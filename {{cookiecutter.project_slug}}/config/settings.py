@@ -4,6 +4,7 @@ Every variable is listed in ``.env.example`` and the README.
 """
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
 
@@ -100,6 +101,16 @@ SILENCED_SYSTEM_CHECKS = [
 # Unset: one process, events kept in memory. Set: Redis carries events between
 # processes and keeps the replay log.
 REDIS_URL = env.str("REDIS_URL", default=None)
+# Redis Sentinel (redis-py's from_url has no Sentinel scheme): REDIS_SENTINELS=host:port,host:port
+# and the master's name. REDIS_URL, if also set, then only gives the password and database.
+REDIS_SENTINELS = [(h, int(p)) for h, _, p in (s.rpartition(":") for s in env.list("REDIS_SENTINELS", default=[]))]
+REDIS_SENTINEL_MASTER = env.str("REDIS_SENTINEL_MASTER", default="mymaster")
+_redis = urlsplit(REDIS_URL or "redis://")
+REDIS_SENTINEL_OPTIONS = {
+    "db": int(_redis.path.strip("/") or 0),
+    "username": _redis.username,
+    "password": _redis.password,
+}
 SSE_KEY_PREFIX = env.str(
     "SSE_KEY_PREFIX",
     default="{{ cookiecutter.project_slug }}:sse",
@@ -116,16 +127,24 @@ SSE_DEMO_PUBLISH = env.bool("SSE_DEMO_PUBLISH", default=DEBUG)  # the demo form;
 {%- if cookiecutter.sse_mode == "channels" %}
 SSE_FEEDS = ["sse.layer.LayerFeed"]  # group_send({"type": "sse.event"}) reaches clients too
 
-if REDIS_URL:
+# socket_timeout longer than channels-redis' 5 s blocking reads: redis-py 8's 5 s
+# default times out idle layers.
+_layer_options = {"socket_timeout": SSE_REDIS_SOCKET_TIMEOUT, "max_connections": 100}
+if REDIS_SENTINELS:
+    _layer_host = {
+        "sentinels": REDIS_SENTINELS,
+        "master_name": REDIS_SENTINEL_MASTER,
+        "sentinel_kwargs": {"socket_timeout": 5.0},
+        **{k: v for k, v in REDIS_SENTINEL_OPTIONS.items() if v is not None},
+        **_layer_options,
+    }
+elif REDIS_URL:
+    _layer_host = {"address": REDIS_URL, **_layer_options}
+if REDIS_SENTINELS or REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                # socket_timeout longer than channels-redis' 5 s blocking reads;
-                # redis-py 8's 5 s default times out idle layers.
-                "hosts": [{"address": REDIS_URL, "socket_timeout": SSE_REDIS_SOCKET_TIMEOUT, "max_connections": 100}],
-                "group_expiry": env.int("CHANNELS_GROUP_EXPIRY", default=86_400),
-            },
+            "CONFIG": {"hosts": [_layer_host], "group_expiry": env.int("CHANNELS_GROUP_EXPIRY", default=86_400)},
         }
     }
 else:

@@ -21,6 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aredis
+import redis.asyncio.sentinel
+import redis.sentinel
 from django.conf import settings
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
@@ -314,8 +316,10 @@ def redacted(url: str) -> str:
 class RedisBroker(Broker):
     """Redis Streams for the log, pub/sub (fed by the same Lua script) for live events."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str | None, sentinels: list[tuple[str, int]] | None = None) -> None:
         self.url = url
+        self.sentinels = sentinels or []
+        self.master = setting("REDIS_SENTINEL_MASTER", "mymaster")
         self.prefix = setting("SSE_KEY_PREFIX", "sse")
         # Longer than every blocking read in play (the pub/sub poll, channels-redis'
         # 5 s BZPOPMIN): redis-py 8's default would time out idle connections.
@@ -328,13 +332,28 @@ class RedisBroker(Broker):
         self._sync_lock = threading.Lock()
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aredis.Redis] = weakref.WeakKeyDictionary()
 
+    @property
+    def where(self) -> str:
+        if self.sentinels:
+            hosts = ",".join(f"{host}:{port}" for host, port in self.sentinels)
+            return f"Redis (Sentinel master {self.master!r} via {hosts})"
+        return f"Redis at {redacted(self.url or '')}"
+
+    def _sentinel_options(self, **extra: Any) -> dict[str, Any]:
+        options = {k: v for k, v in setting("REDIS_SENTINEL_OPTIONS", {}).items() if v is not None}
+        return {**self.options, **options, **extra}
+
     def key(self, stream: str) -> str:
         return f"{self.prefix}:{stream}"
 
     def client(self) -> redis.Redis:
         with self._sync_lock:
             if self._sync is None:
-                self._sync = redis.Redis.from_url(self.url, **self.options)
+                if self.sentinels:
+                    sentinel = redis.sentinel.Sentinel(self.sentinels, sentinel_kwargs={"socket_timeout": 5.0})
+                    self._sync = sentinel.master_for(self.master, **self._sentinel_options())
+                else:
+                    self._sync = redis.Redis.from_url(self.url, **self.options)
             return self._sync
 
     def aclient(self) -> aredis.Redis:
@@ -343,11 +362,19 @@ class RedisBroker(Broker):
         if client is None:
             # Blocking pool: a burst of reconnecting clients waits for a connection
             # instead of failing with MaxConnectionsError.
-            pool = aredis.BlockingConnectionPool.from_url(
-                self.url, max_connections=setting("SSE_REDIS_MAX_CONNECTIONS", 50), timeout=10, **self.options
-            )
-            client = self._async[loop] = aredis.Redis(connection_pool=pool)
+            size = setting("SSE_REDIS_MAX_CONNECTIONS", 50)
+            client = self._async[loop] = self.new_aclient(max_connections=size, timeout=10)
         return client
+
+    def new_aclient(self, **extra: Any) -> aredis.Redis:
+        if self.sentinels:
+            sentinel = aredis.sentinel.Sentinel(self.sentinels, sentinel_kwargs={"socket_timeout": 5.0})
+            extra.pop("timeout", None)  # the Sentinel pool does not block
+            return sentinel.master_for(self.master, **self._sentinel_options(**extra))
+        if "max_connections" in extra:
+            pool = aredis.BlockingConnectionPool.from_url(self.url, **self.options, **extra)
+            return aredis.Redis(connection_pool=pool)
+        return aredis.Redis.from_url(self.url, **self.options, **extra)
 
     async def aclose(self) -> None:
         client = self._async.pop(asyncio.get_running_loop(), None)
@@ -356,7 +383,7 @@ class RedisBroker(Broker):
             await client.connection_pool.disconnect()
 
     def unavailable(self, exc: Exception) -> BrokerUnavailable:
-        return BrokerUnavailable(f"Redis at {redacted(self.url)} is unavailable: {exc}")
+        return BrokerUnavailable(f"{self.where} is unavailable: {exc}")
 
     def _args(self, stream: str, event: str, data: Any) -> tuple[list[str], list[Any]]:
         stream, event, payload = prepare(stream, event, data)
@@ -468,7 +495,7 @@ class RedisFeed:
     async def listen(self) -> None:
         # No silent retries inside redis-py: a reconnect it hid from us would skip
         # the catch-up below and lose what was published meanwhile.
-        client = aredis.Redis.from_url(self.broker.url, retry=Retry(NoBackoff(), 0), **self.broker.options)
+        client = self.broker.new_aclient(retry=Retry(NoBackoff(), 0))
         pubsub = client.pubsub()
         pending: list[dict[str, Any]] = []
         try:
@@ -549,12 +576,12 @@ _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakK
 
 
 def get_broker() -> Broker:
-    """The process's broker: Redis when ``REDIS_URL`` is set, else memory."""
+    """The process's broker: Redis when ``REDIS_URL`` or ``REDIS_SENTINELS`` is set, else memory."""
     global _broker
     with _broker_lock:
         if _broker is None:
-            url = setting("REDIS_URL", None)
-            _broker = RedisBroker(url) if url else MemoryBroker()
+            url, sentinels = setting("REDIS_URL", None), setting("REDIS_SENTINELS", [])
+            _broker = RedisBroker(url, sentinels) if url or sentinels else MemoryBroker()
         return _broker
 
 
@@ -578,7 +605,7 @@ async def aclose() -> None:
 
 def _reset(*, setting: str, **kwargs: Any) -> None:
     global _broker
-    if setting == "REDIS_URL" or setting.startswith("SSE_"):
+    if setting.startswith(("REDIS_", "SSE_")):
         with _broker_lock:
             if isinstance(_broker, RedisBroker) and _broker._sync is not None:
                 _broker._sync.close()

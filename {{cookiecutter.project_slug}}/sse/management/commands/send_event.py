@@ -21,7 +21,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if not getattr(settings, "REDIS_URL", None):
+        if not (getattr(settings, "REDIS_URL", None) or getattr(settings, "REDIS_SENTINELS", None)):
             # An in-memory event would only reach this short-lived process.
             raise CommandError(
                 "REDIS_URL is not set: with the in-memory broker an event published from this "
