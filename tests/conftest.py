@@ -8,6 +8,7 @@ mode lives on one worker).
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import shutil
 import signal
@@ -16,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -154,9 +154,12 @@ class Daphne:
         )
         wait_for_port(port, self.proc)
         deadline = time.monotonic() + 20
-        while True:  # listening is not ready: wait for Django to answer
+        while True:  # listening is not ready: wait for Django to answer (any status)
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/")
+                conn.getresponse().read()
+                conn.close()
                 break
             except OSError:
                 if time.monotonic() > deadline:

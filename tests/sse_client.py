@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -101,11 +102,18 @@ class SSEConnection:
     body: bytes = b""
     closed: bool = False
     first_chunk_at: float | None = None
+    tls: bool = False
 
     def __post_init__(self) -> None:
         self.parser = SSEParser()
         self.cond = threading.Condition()
+        self.arrivals: list[float] = []  # wall-clock time each event was parsed
         self.sock = socket.create_connection((self.host, self.port), timeout=5)
+        if self.tls:  # a test certificate: no verification
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            self.sock = context.wrap_socket(self.sock, server_hostname=self.host)
         self.sock.settimeout(None)
         lines = [f"GET {self.path} HTTP/1.1", f"Host: {self.host}:{self.port}", "Accept: text/event-stream"]
         lines += [f"{k}: {v}" for k, v in self.headers.items()]
@@ -170,7 +178,9 @@ class SSEConnection:
             if self.first_chunk_at is None:
                 self.first_chunk_at = time.monotonic()
             self.body += data
+            before = len(self.parser.events)
             self.parser.feed(data)
+            self.arrivals += [time.time()] * (len(self.parser.events) - before)
             self.cond.notify_all()
 
     # -- what tests use ---------------------------------------------------------------

@@ -117,3 +117,151 @@ def test_the_units_execstart_serves_a_stream(project, redis_server, tmp_path):
         proc.terminate()
         proc.wait(15)
     assert "Traceback" not in log.read_text()
+
+
+class Nginx:
+    """The generated site file under a real nginx, with test certificates and ports."""
+
+    def __init__(self, site: str, workdir: Path) -> None:
+        self.http, self.https = free_port(), free_port()
+        cert, key = self_signed(workdir)
+        # What deploy/README.md has the user provide (certificates), and the listen ports.
+        site = re.sub(r"ssl_certificate .*;", f"ssl_certificate {cert};", site)
+        site = re.sub(r"ssl_certificate_key .*;", f"ssl_certificate_key {key};", site)
+        site = re.sub(r"listen (\[::\]:)?80;", lambda m: f"listen {m.group(1) or ''}{self.http};", site)
+        site = re.sub(r"listen (\[::\]:)?443 ", lambda m: f"listen {m.group(1) or ''}{self.https} ", site)
+        (workdir / "site.conf").write_text(site)
+        temp = "".join(
+            f"  {kind}_temp_path {workdir}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        (workdir / "nginx.conf").write_text(
+            f"user root;\ndaemon off;\nworker_processes 1;\npid {workdir}/nginx.pid;\nerror_log {workdir}/error.log;\n"
+            "events { worker_connections 1024; }\n"
+            f"http {{\n  include /etc/nginx/mime.types;\n  access_log {workdir}/access.log;\n{temp}"
+            f"  include {workdir}/site.conf;\n}}\n"
+        )
+        self.workdir = workdir
+        self.proc = subprocess.Popen(
+            [nginx_binary(), "-p", str(workdir), "-c", str(workdir / "nginx.conf")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.https, self.proc)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def behind_nginx(project, redis_server, tmp_path):
+    """A fresh bake whose instance ports are free, its two Daphne instances, nginx in front."""
+    from tests.conftest import Daphne, Project, bake
+
+    first = free_port()
+    while any(not port_free(p) for p in (first, first + 1)):
+        first = free_port()
+    path = bake(tmp_path / "bake", sse_mode=project.mode, project_name="Behind Nginx", daphne_port=str(first))
+    baked = Project(path, project.mode, project.venv)
+    baked.manage("collectstatic", "--noinput", "-v0")
+    env = baked.env(REDIS_URL=redis_server.url, DJANGO_SECURE_SSL_REDIRECT="1")
+    daphnes = [Daphne(baked, port, env, tmp_path / f"daphne-{port}.log") for port in (first, first + 1)]
+    site = (path / "deploy" / "nginx" / f"{path.name}.conf").read_text()
+    site = site.replace(f"/srv/{path.name}/app/", f"{path}/")  # the documented install folder
+    (tmp_path / "nginx").mkdir()
+    nginx = Nginx(site, tmp_path / "nginx")
+    yield baked, daphnes, nginx
+    nginx.stop()
+    for daphne in daphnes:
+        daphne.stop()
+        assert "Traceback" not in daphne.output(), daphne.output()
+
+
+def port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+PUBLISH_AND_TIME = """
+import sys, time, django
+django.setup()
+from sse import publish
+event_id = publish(sys.argv[1], "n", {"small": True})
+print(event_id, time.time())
+"""
+
+
+def test_events_arrive_unbuffered_through_nginx(behind_nginx, redis_server):
+    project, daphnes, nginx = behind_nginx
+    headers = {"Accept-Encoding": "gzip"}
+    client = SSEConnection("127.0.0.1", nginx.https, "/sse/through-nginx/", headers, tls=True)
+    assert client.wait_status() == 200
+    assert "content-encoding" not in client.response_headers, "no gzip on the stream"
+    assert client.wait(lambda c: c.parser.retry is not None, 5), "the first chunk passes nginx at once"
+    delays = []
+    for _ in range(3):
+        out = project.run("-c", PUBLISH_AND_TIME, "through-nginx", env=project.env(REDIS_URL=redis_server.url))
+        event_id, published = out.stdout.split()
+        client.wait_events(len(delays) + 1)
+        assert client.events[-1].id == event_id
+        delays.append(client.arrivals[-1] - float(published))
+    client.close()
+    report = f"publish() returned -> event parsed by the client, through nginx: {', '.join(f'{d * 1000:.1f} ms' for d in delays)}"
+    print(report)
+    (Path(__file__).resolve().parent.parent / "build").mkdir(exist_ok=True)
+    (Path(__file__).resolve().parent.parent / "build" / f"nginx-latency-{project.mode}.txt").write_text(report + "\n")
+    # A buffering proxy would hold a small event until a buffer fills or the 15 s heartbeat.
+    assert max(delays) < 1.0, report
+
+
+def test_nginx_serves_static_redirects_http_and_speaks_http2(behind_nginx):
+    import http.client
+    import socket
+    import ssl
+
+    project, daphnes, nginx = behind_nginx
+    plain = http.client.HTTPConnection("127.0.0.1", nginx.http, timeout=5)
+    plain.request("GET", "/sse/x/", headers={"Host": "example.com"})
+    response = plain.getresponse()
+    assert response.status == 301 and response.getheader("Location").startswith("https://")
+    context = ssl._create_unverified_context()
+    secure = http.client.HTTPSConnection("127.0.0.1", nginx.https, timeout=5, context=context)
+    secure.request("GET", "/static/demo/sse-client.js")
+    response = secure.getresponse()
+    assert response.status == 200 and "javascript" in response.getheader("Content-Type")
+    assert b"SSEClient" in response.read()
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with socket.create_connection(("127.0.0.1", nginx.https)) as raw, context.wrap_socket(raw) as tls:
+        assert tls.selected_alpn_protocol() == "h2"
+
+
+def test_new_connections_survive_a_dead_instance(behind_nginx):
+    import signal
+
+    project, daphnes, nginx = behind_nginx
+    daphnes[0].stop(signal.SIGKILL)
+    for attempt in range(10):
+        client = SSEConnection("127.0.0.1", nginx.https, f"/sse/failover-{attempt}/", tls=True)
+        assert client.wait_status() == 200, f"attempt {attempt}"
+        client.close()
+
+
+def test_systemd_security_exposure_is_low(project, tmp_path):
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze is not installed")
+    slug = project.path.name
+    unit = tmp_path / f"{slug}@9095.service"
+    unit.write_text(unit_with_paths(project, tmp_path))
+    (tmp_path / f"{slug}.target").write_text((project.path / "deploy" / "systemd" / f"{slug}.target").read_text())
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(unit)], capture_output=True, text=True, cwd=tmp_path
+    )
+    exposure = float(re.search(r"Overall exposure level for .*: (\d+\.\d+)", result.stdout).group(1))
+    print(f"systemd-analyze security: {exposure}")
+    assert exposure <= 2.0, result.stdout

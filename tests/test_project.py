@@ -44,6 +44,22 @@ def test_check_deploy_passes_with_production_settings(project: Project):
     assert "security.W005" in silenced.stdout and "security.W021" in silenced.stdout
 
 
+def test_check_deploy_passes_with_the_guides_environment(project: Project):
+    """deploy/README.md starts from .env.example: with a real secret it passes as it is."""
+    example = (project.path / ".env.example").read_text()
+    values = dict(line.split("=", 1) for line in example.splitlines() if line and not line.startswith("#"))
+    values["DJANGO_SECRET_KEY"] = PRODUCTION["DJANGO_SECRET_KEY"]
+    env = {k: v for k, v in project.env().items() if not k.startswith("DJANGO_")}
+    env.update(values, DJANGO_SETTINGS_MODULE="config.settings")
+    result = project.manage("check", "--deploy", "--fail-level", "WARNING", env=env)
+    assert "no issues" in result.stdout
+    show = "from django.conf import settings as s; print(s.CSRF_TRUSTED_ORIGINS, s.SECURE_PROXY_SSL_HEADER)"
+    shown = project.manage("shell", "-c", show, env=env).stdout
+    assert "['https://example.com'] ('HTTP_X_FORWARDED_PROTO', 'https')" in shown
+    site = next((project.path / "deploy" / "nginx").glob("*.conf")).read_text()
+    assert "proxy_set_header X-Forwarded-Proto $scheme;" in site, "the header SECURE_PROXY_SSL_HEADER trusts"
+
+
 def test_hsts_subdomains_and_preload_when_switched_on(project: Project):
     env = project.env(**PRODUCTION, DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS="1", DJANGO_SECURE_HSTS_PRELOAD="1")
     assert project.manage("shell", "-c", SHOW_SILENCED, env=env).stdout.strip().endswith("[]")

@@ -17,7 +17,12 @@ DEBUG = env.bool("DJANGO_DEBUG", default=False)
 # Required when debug is off, so production never starts with a known key.
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", **({} if not DEBUG else {"default": "dev-only-insecure-key"}))
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
-CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+# Behind nginx over HTTPS, from the site's own host names: "example.com" gives
+# "https://example.com" and ".example.com" gives "https://*.example.com".
+CSRF_TRUSTED_ORIGINS = env.list(
+    "DJANGO_CSRF_TRUSTED_ORIGINS",
+    default=[f"https://{'*' if host.startswith('.') else ''}{host}" for host in ALLOWED_HOSTS if host != "*"],
+)
 
 INSTALLED_APPS = [
     "daphne",  # first: its runserver serves ASGI, streams included
