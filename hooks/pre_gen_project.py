@@ -14,6 +14,7 @@ SSE_MODE = {{ cookiecutter.sse_mode|tojson }}
 DOMAIN_NAME = {{ cookiecutter.domain_name|tojson }}
 DAPHNE_PORT = {{ cookiecutter.daphne_port|tojson }}
 DAPHNE_INSTANCES = {{ cookiecutter.daphne_instances|tojson }}
+DAPHNE_SOCKET = {{ cookiecutter.daphne_socket|tojson }}
 
 # Top-level packages of the generated project, and the libraries it imports:
 # a slug that shadows one of them would break imports in confusing ways.
@@ -56,6 +57,11 @@ def validate_domain() -> None:
         fail(f"domain_name {DOMAIN_NAME!r} is not a valid host name (e.g. example.com).")
 
 
+def validate_socket() -> None:
+    if DAPHNE_SOCKET not in ("tcp", "unix"):
+        fail(f"daphne_socket must be 'tcp' or 'unix', got {DAPHNE_SOCKET!r}.")
+
+
 def validate_ports() -> None:
     port = as_int("daphne_port", DAPHNE_PORT, 1024, 65535)
     instances = as_int("daphne_instances", DAPHNE_INSTANCES, 1, 16)
@@ -66,4 +72,5 @@ def validate_ports() -> None:
 validate_slug()
 validate_mode()
 validate_domain()
+validate_socket()
 validate_ports()

@@ -137,34 +137,51 @@ def project(request, tmp_path_factory) -> Project:
 
 
 class Daphne:
-    def __init__(self, project: Project, port: int, env: dict[str, str], log: Path, runserver: bool = False) -> None:
-        self.port, self.log = port, log
+    """A Daphne process of ``project``: on a TCP port, on a unix socket, or as runserver."""
+
+    def __init__(
+        self,
+        project: Project,
+        port: int | None,
+        env: dict[str, str],
+        log: Path,
+        runserver: bool = False,
+        unix: Path | None = None,
+    ) -> None:
+        self.port, self.unix, self.log = port, unix, log
         # The endpoint string raises Twisted's listen backlog of 50, as deploy/ does.
-        cmd = [str(project.venv / "bin" / "daphne"), "-e", f"tcp:port={port}:interface=127.0.0.1:backlog=1024"]
-        cmd.append("config.asgi:application")
+        endpoint = f"unix:{unix}:mode=660:backlog=1024" if unix else f"tcp:port={port}:interface=127.0.0.1:backlog=1024"
+        cmd = [str(project.venv / "bin" / "daphne"), "-e", endpoint, "config.asgi:application"]
         if runserver:  # the development server: Daphne too, and it serves static files
             cmd = [project.python, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"]
         self.proc = subprocess.Popen(
-            cmd,
-            cwd=project.path,
-            env=env,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            cmd, cwd=project.path, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
         )
-        wait_for_port(port, self.proc)
-        deadline = time.monotonic() + 20
-        while True:  # listening is not ready: wait for Django to answer (any status)
+        deadline = time.monotonic() + 30
+        while True:  # wait for Django to answer (any status)
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daphne exited {self.proc.returncode}: {self.output()}")
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                conn.request("GET", "/")
-                conn.getresponse().read()
-                conn.close()
+                self.request("/")
                 break
             except OSError:
                 if time.monotonic() > deadline:
                     raise
-                time.sleep(0.2)
+                time.sleep(0.1)
+
+    def request(self, path: str) -> int:
+        if self.unix:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(5)
+                sock.connect(str(self.unix))
+                sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
+                return int(sock.recv(100).split()[1])
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            conn.request("GET", path)
+            return conn.getresponse().status
+        finally:
+            conn.close()
 
     @property
     def pid(self) -> int:

@@ -103,12 +103,18 @@ class SSEConnection:
     closed: bool = False
     first_chunk_at: float | None = None
     tls: bool = False
+    unix: str | None = None  # connect to this unix socket instead of host:port
 
     def __post_init__(self) -> None:
         self.parser = SSEParser()
         self.cond = threading.Condition()
         self.arrivals: list[float] = []  # wall-clock time each event was parsed
-        self.sock = socket.create_connection((self.host, self.port), timeout=5)
+        if self.unix:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(5)
+            self.sock.connect(self.unix)
+        else:
+            self.sock = socket.create_connection((self.host, self.port), timeout=5)
         if self.tls:  # a test certificate: no verification
             context = ssl.create_default_context()
             context.check_hostname = False

@@ -23,6 +23,7 @@ ODD_NAMES = {
     "explicit-slug": {"project_name": "Anything", "project_slug": "my_app_2"},
     "high-port": {"daphne_port": "65000", "daphne_instances": "4"},
     "one-instance": {"daphne_instances": "1", "domain_name": "sse.example.org"},
+    "unix-sockets": {"daphne_socket": "unix", "daphne_instances": "3"},
 }
 CASES = [
     pytest.param({**context, "sse_mode": mode}, id=f"{mode}-{name}")

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
+import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, wait_for_port
+from tests.conftest import Daphne, Project, bake, free_port, wait_for_port
 from tests.sse_client import SSEConnection
 
 
@@ -49,9 +52,29 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def test_nginx_site_passes_nginx_t(project, tmp_path):
+SOCKETS = ["tcp", "unix"]
+
+
+@pytest.fixture
+def baked(project, tmp_path):
+    """A fresh bake of the session's mode with other deploy answers, using its venv."""
+
+    def make(**context: str) -> Project:
+        path = bake(tmp_path / "bake", sse_mode=project.mode, project_name="Deploy Check", **context)
+        return Project(path, project.mode, project.venv)
+
+    return make
+
+
+def site_file(project: Project) -> str:
+    return (project.path / "deploy" / "nginx" / f"{project.path.name}.conf").read_text()
+
+
+@pytest.mark.parametrize("socket_kind", SOCKETS)
+def test_nginx_site_passes_nginx_t(baked, tmp_path, socket_kind):
+    project = baked(daphne_socket=socket_kind)
     slug = project.path.name
-    site = (project.path / "deploy" / "nginx" / f"{slug}.conf").read_text()
+    site = site_file(project)
     cert, key = self_signed(tmp_path)
     # Only what deploy/README.md has the user provide: the certificate files.
     site = re.sub(r"ssl_certificate .*;", f"ssl_certificate {cert};", site)
@@ -66,11 +89,15 @@ def test_nginx_site_passes_nginx_t(project, tmp_path):
         [nginx_binary(), "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
-    upstreams = re.findall(r"server 127\.0\.0\.1:(\d+)", site)
-    assert upstreams == ["9095", "9096"], "one upstream server per instance"
+    upstreams = re.findall(r"^\s*server (\S+) max_fails", site, re.M)
+    if socket_kind == "tcp":
+        assert upstreams == ["127.0.0.1:9095", "127.0.0.1:9096"], "one upstream server per instance"
+    else:
+        assert upstreams == [f"unix:/run/{slug}/1/daphne.sock", f"unix:/run/{slug}/2/daphne.sock"]
 
 
-def unit_with_paths(project, tmp_path) -> str:
+def unit_with_paths(project: Project, tmp_path: Path) -> str:
+    """The unit with the guide's folders moved to where this test put them."""
     slug = project.path.name
     unit = (project.path / "deploy" / "systemd" / f"{slug}@.service").read_text()
     env_file = tmp_path / "env"
@@ -79,35 +106,67 @@ def unit_with_paths(project, tmp_path) -> str:
         unit.replace(f"/srv/{slug}/venv", str(project.venv))
         .replace(f"/srv/{slug}/app", str(project.path))
         .replace(f"/etc/{slug}/env", str(env_file))
+        .replace(f"/run/{slug}/", f"{tmp_path}/run/{slug}/")
     )
 
 
-def test_systemd_unit_verifies(project, tmp_path):
-    if not shutil.which("systemd-analyze"):
-        pytest.skip("systemd-analyze is not installed")
+def write_units(project: Project, tmp_path: Path, instance: str) -> Path:
     slug = project.path.name
-    unit = tmp_path / f"{slug}@9095.service"
+    unit = tmp_path / f"{slug}@{instance}.service"
     unit.write_text(unit_with_paths(project, tmp_path))
     (tmp_path / f"{slug}.target").write_text((project.path / "deploy" / "systemd" / f"{slug}.target").read_text())
+    return unit
+
+
+@pytest.mark.parametrize("socket_kind", SOCKETS)
+def test_systemd_unit_verifies_and_exposure_is_low(baked, tmp_path, socket_kind):
+    if not shutil.which("systemd-analyze"):
+        pytest.fail("systemd-analyze is missing (Debian package systemd)")
+    project = baked(daphne_socket=socket_kind)
+    slug = project.path.name
+    unit = write_units(project, tmp_path, "1" if socket_kind == "unix" else "9095")
     result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, cwd=tmp_path)
-    problems = [line for line in result.stderr.splitlines() if slug in line and "Unit configured to use" not in line]
+    problems = [line for line in result.stderr.splitlines() if slug in line]
     assert result.returncode == 0 and not problems, result.stderr
     text = unit.read_text()
-    for needed in ["LimitNOFILE=65536", "Restart=on-failure", "EnvironmentFile=", "RuntimeDirectory=" + slug + "/%i"]:
+    for needed in ["LimitNOFILE=65536", "Restart=on-failure", "EnvironmentFile=", f"StateDirectory={slug}"]:
         assert needed in text
+    if socket_kind == "unix":
+        assert f"RuntimeDirectory={slug}/%i" in text, "one runtime folder per instance"
+    security = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(unit)], capture_output=True, text=True, cwd=tmp_path
+    )
+    exposure = float(re.search(r"Overall exposure level for .*: (\d+\.\d+)", security.stdout).group(1))
+    print(f"systemd-analyze security ({socket_kind}): {exposure}")
+    assert exposure <= 2.0, security.stdout
 
 
-def test_the_units_execstart_serves_a_stream(project, redis_server, tmp_path):
+@pytest.mark.parametrize("socket_kind", SOCKETS)
+def test_the_units_execstart_serves_a_stream(baked, redis_server, tmp_path, socket_kind):
+    project = baked(daphne_socket=socket_kind)
+    slug = project.path.name
     unit = unit_with_paths(project, tmp_path)
     execstart = re.search(r"^ExecStart=((?:.*\\\n)*.*)$", unit, re.M).group(1).replace("\\\n", " ")
-    port = free_port()
-    argv = execstart.replace("%i", str(port)).split()
+    if socket_kind == "unix":
+        instance = "1"
+        (tmp_path / "run" / slug / instance).mkdir(parents=True)  # systemd's RuntimeDirectory=
+        sock = tmp_path / "run" / slug / instance / "daphne.sock"
+    else:
+        instance = str(free_port())
+    argv = execstart.replace("%i", instance).split()
     env = project.env(REDIS_URL=redis_server.url)
     log = tmp_path / "daphne.log"
     proc = subprocess.Popen(argv, cwd=project.path, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
-        wait_for_port(port, proc)
-        client = SSEConnection("127.0.0.1", port, "/sse/unit/", {"X-Forwarded-For": "203.0.113.9"})
+        if socket_kind == "unix":
+            deadline = time.monotonic() + 30
+            while not sock.exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert stat.S_IMODE(sock.stat().st_mode) == 0o660, "socket mode 660"
+            client = SSEConnection("localhost", 0, "/sse/unit/", {"X-Forwarded-For": "203.0.113.9"}, unix=str(sock))
+        else:
+            wait_for_port(int(instance), proc)
+            client = SSEConnection("127.0.0.1", int(instance), "/sse/unit/", {"X-Forwarded-For": "203.0.113.9"})
         assert client.wait_status() == 200
         result = project.manage("send_event", "unit", "--data", '{"via": "unit"}', env=env)
         (event,) = client.wait_events(1)
@@ -131,16 +190,14 @@ class Nginx:
         site = re.sub(r"listen (\[::\]:)?80;", lambda m: f"listen {m.group(1) or ''}{self.http};", site)
         site = re.sub(r"listen (\[::\]:)?443 ", lambda m: f"listen {m.group(1) or ''}{self.https} ", site)
         (workdir / "site.conf").write_text(site)
-        temp = "".join(
-            f"  {kind}_temp_path {workdir}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
+        kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        temp = "".join(f"  {kind}_temp_path {workdir}/{kind};\n" for kind in kinds)
         (workdir / "nginx.conf").write_text(
             f"user root;\ndaemon off;\nworker_processes 1;\npid {workdir}/nginx.pid;\nerror_log {workdir}/error.log;\n"
             "events { worker_connections 1024; }\n"
             f"http {{\n  include /etc/nginx/mime.types;\n  access_log {workdir}/access.log;\n{temp}"
             f"  include {workdir}/site.conf;\n}}\n"
         )
-        self.workdir = workdir
         self.proc = subprocess.Popen(
             [nginx_binary(), "-p", str(workdir), "-c", str(workdir / "nginx.conf")],
             stdout=subprocess.DEVNULL,
@@ -153,39 +210,46 @@ class Nginx:
         self.proc.wait(10)
 
 
-@pytest.fixture
-def behind_nginx(project, redis_server, tmp_path):
-    """A fresh bake whose instance ports are free, its two Daphne instances, nginx in front."""
-    from tests.conftest import Daphne, Project, bake
-
-    first = free_port()
-    while any(not port_free(p) for p in (first, first + 1)):
-        first = free_port()
-    path = bake(tmp_path / "bake", sse_mode=project.mode, project_name="Behind Nginx", daphne_port=str(first))
-    baked = Project(path, project.mode, project.venv)
-    baked.manage("collectstatic", "--noinput", "-v0")
-    env = baked.env(REDIS_URL=redis_server.url, DJANGO_SECURE_SSL_REDIRECT="1")
-    daphnes = [Daphne(baked, port, env, tmp_path / f"daphne-{port}.log") for port in (first, first + 1)]
-    site = (path / "deploy" / "nginx" / f"{path.name}.conf").read_text()
-    site = site.replace(f"/srv/{path.name}/app/", f"{path}/")  # the documented install folder
-    (tmp_path / "nginx").mkdir()
-    nginx = Nginx(site, tmp_path / "nginx")
-    yield baked, daphnes, nginx
-    nginx.stop()
-    for daphne in daphnes:
-        daphne.stop()
-        assert "Traceback" not in daphne.output(), daphne.output()
-
-
 def port_free(port: int) -> bool:
-    import socket
-
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
             return False
         return True
+
+
+@pytest.fixture(params=SOCKETS)
+def behind_nginx(request, baked, redis_server, tmp_path):
+    """Two Daphne instances where the generated files put them, and nginx in front."""
+    if request.param == "unix":
+        project = baked(daphne_socket="unix")
+    else:
+        first = free_port()
+        while not (port_free(first) and port_free(first + 1)):
+            first = free_port()
+        project = baked(daphne_port=str(first))
+    slug = project.path.name
+    project.manage("collectstatic", "--noinput", "-v0")
+    env = project.env(REDIS_URL=redis_server.url, DJANGO_SECURE_SSL_REDIRECT="1")
+    site = site_file(project).replace(f"/srv/{slug}/app/", f"{project.path}/")  # the documented install folder
+    daphnes = []
+    for n, upstream in enumerate(re.findall(r"^\s*server (\S+) max_fails", site, re.M), start=1):
+        log = tmp_path / f"daphne-{n}.log"
+        if upstream.startswith("unix:"):
+            sock = tmp_path / "run" / slug / str(n) / "daphne.sock"
+            sock.parent.mkdir(parents=True)
+            site = site.replace(upstream, f"unix:{sock}")
+            daphnes.append(Daphne(project, None, env, log, unix=sock))
+        else:
+            daphnes.append(Daphne(project, int(upstream.rsplit(":", 1)[1]), env, log))
+    (tmp_path / "nginx").mkdir()
+    nginx = Nginx(site, tmp_path / "nginx")
+    yield project, daphnes, nginx
+    nginx.stop()
+    for daphne in daphnes:
+        daphne.stop()
+        assert "Traceback" not in daphne.output(), daphne.output()
 
 
 PUBLISH_AND_TIME = """
@@ -199,8 +263,7 @@ print(event_id, time.time())
 
 def test_events_arrive_unbuffered_through_nginx(behind_nginx, redis_server):
     project, daphnes, nginx = behind_nginx
-    headers = {"Accept-Encoding": "gzip"}
-    client = SSEConnection("127.0.0.1", nginx.https, "/sse/through-nginx/", headers, tls=True)
+    client = SSEConnection("127.0.0.1", nginx.https, "/sse/through-nginx/", {"Accept-Encoding": "gzip"}, tls=True)
     assert client.wait_status() == 200
     assert "content-encoding" not in client.response_headers, "no gzip on the stream"
     assert client.wait(lambda c: c.parser.retry is not None, 5), "the first chunk passes nginx at once"
@@ -212,17 +275,19 @@ def test_events_arrive_unbuffered_through_nginx(behind_nginx, redis_server):
         assert client.events[-1].id == event_id
         delays.append(client.arrivals[-1] - float(published))
     client.close()
-    report = f"publish() returned -> event parsed by the client, through nginx: {', '.join(f'{d * 1000:.1f} ms' for d in delays)}"
+    kind = "unix" if daphnes[0].unix else "tcp"
+    report = f"publish() returned -> event parsed, through nginx ({project.mode}, {kind}): "
+    report += ", ".join(f"{d * 1000:.1f} ms" for d in delays)
     print(report)
-    (Path(__file__).resolve().parent.parent / "build").mkdir(exist_ok=True)
-    (Path(__file__).resolve().parent.parent / "build" / f"nginx-latency-{project.mode}.txt").write_text(report + "\n")
+    build = Path(__file__).resolve().parent.parent / "build"
+    build.mkdir(exist_ok=True)
+    (build / f"nginx-latency-{project.mode}-{kind}.txt").write_text(report + "\n")
     # A buffering proxy would hold a small event until a buffer fills or the 15 s heartbeat.
     assert max(delays) < 1.0, report
 
 
 def test_nginx_serves_static_redirects_http_and_speaks_http2(behind_nginx):
     import http.client
-    import socket
     import ssl
 
     project, daphnes, nginx = behind_nginx
@@ -250,18 +315,3 @@ def test_new_connections_survive_a_dead_instance(behind_nginx):
         client = SSEConnection("127.0.0.1", nginx.https, f"/sse/failover-{attempt}/", tls=True)
         assert client.wait_status() == 200, f"attempt {attempt}"
         client.close()
-
-
-def test_systemd_security_exposure_is_low(project, tmp_path):
-    if not shutil.which("systemd-analyze"):
-        pytest.skip("systemd-analyze is not installed")
-    slug = project.path.name
-    unit = tmp_path / f"{slug}@9095.service"
-    unit.write_text(unit_with_paths(project, tmp_path))
-    (tmp_path / f"{slug}.target").write_text((project.path / "deploy" / "systemd" / f"{slug}.target").read_text())
-    result = subprocess.run(
-        ["systemd-analyze", "security", "--offline=true", str(unit)], capture_output=True, text=True, cwd=tmp_path
-    )
-    exposure = float(re.search(r"Overall exposure level for .*: (\d+\.\d+)", result.stdout).group(1))
-    print(f"systemd-analyze security: {exposure}")
-    assert exposure <= 2.0, result.stdout

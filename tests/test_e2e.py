@@ -247,7 +247,7 @@ def test_redis_restart_pauses_then_catches_up_without_loss(project, start_daphne
         time.sleep(4)
         after = send_event(project, redis.url, "outage", "n", 4)
         for client in clients[:3]:
-            events = client.wait_events(3, timeout=20)
+            client.wait_events(3, timeout=20)
             time.sleep(0.3)
             assert [e.id for e in client.events] == [first, during, after]
             assert not client.closed
