@@ -295,3 +295,19 @@ def test_redis_sentinel(project, start_daphne, tmp_path):
         sentinel.terminate()
         sentinel.wait(10)
         master.stop()
+
+
+def test_group_membership_outlives_group_expiry(project, redis_server, start_daphne):
+    """channels-redis forgets group members after group_expiry; the hub renews them."""
+    import pytest
+
+    if project.mode != "channels":
+        pytest.skip("group_send is a channels-mode feature")
+    daphne = start_daphne(CHANNELS_GROUP_EXPIRY="2")
+    client = connect(daphne, "expiry")
+    time.sleep(6)  # three expiry periods
+    env = project.env(REDIS_URL=redis_server.url, CHANNELS_GROUP_EXPIRY="2")
+    project.run("-c", GROUP_SEND_SCRIPT, "expiry", env=env)
+    (event,) = client.wait_events(1)
+    assert json.loads(event.data) == {"via": "group_send"}
+    client.close()
