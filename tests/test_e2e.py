@@ -311,3 +311,71 @@ def test_group_membership_outlives_group_expiry(project, redis_server, start_dap
     (event,) = client.wait_events(1)
     assert json.loads(event.data) == {"via": "group_send"}
     client.close()
+
+
+def raw_status(port: int, request: bytes) -> int | None:
+    """Send raw bytes, return the response status (None if the server just closed)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        head = b""
+        while b"\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return None
+            head += chunk
+        return int(head.split(b" ", 2)[1])
+
+
+def test_hostile_requests_get_no_5xx_and_no_traceback(project, start_daphne):
+    import random
+
+    rng = random.Random(20261121)  # reproducible
+    daphne = start_daphne()
+    names = [
+        "ok",
+        "",
+        "..",
+        "%2e%2e",
+        "%00",
+        "%ff",
+        "%C3%A9",
+        "é",
+        "a%2Fb",
+        "a/b",
+        "x" * 65,
+        "x" * 9000,
+        "<script>",
+        "%0d%0aSet-Cookie:%20x",
+        "user.1",
+        "../../etc/passwd",
+        "a%20b",
+        "*",
+    ]
+    ids = ["", "1-0", "0-0", "1-0.1", "9" * 25, "1-0\x01", "-1-0", "1_0", "ÿ", "x" * 5000, "1-0.", "1-2-3"]
+    hosts = ["127.0.0.1", "evil.example", "", "[::1]", "a" * 300, "127.0.0.1:1", "localhost\x01"]
+    methods = ["GET", "GET", "GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "FOO"]
+    statuses = [raw_status(daphne.port, b"GET /sse/ok/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")]
+    assert statuses == [200], "the baseline request streams"
+    for _ in range(300):
+        path = f"/sse/{rng.choice(names)}/"
+        if rng.random() < 0.5:
+            path += "?" + "&".join(
+                f"{rng.choice(['last_event_id', 'x', ''])}={rng.choice(ids)}" for _ in range(rng.randint(1, 3))
+            )
+        headers = [f"Host: {rng.choice(hosts)}"]
+        if rng.random() < 0.6:
+            headers.append(f"Last-Event-ID: {rng.choice(ids)}")
+        if rng.random() < 0.2:
+            headers.append(f"Last-Event-ID: {rng.choice(ids)}")  # twice
+        if rng.random() < 0.3:
+            headers.append(f"Cookie: sessionid={rng.choice(ids)}; csrftoken={rng.choice(ids)}")
+        if rng.random() < 0.2:
+            headers.append(f"X-Forwarded-Proto: {rng.choice(['https', 'http', 'x' * 100])}")
+        request = f"{rng.choice(methods)} {path} HTTP/1.1\r\n" + "\r\n".join(headers) + "\r\n\r\n"
+        statuses.append(raw_status(daphne.port, request.encode("utf-8", "surrogateescape")))
+    assert not [s for s in statuses if s is not None and s >= 500], statuses
+    assert sum(1 for s in statuses if s and 400 <= s < 500) >= 100
+    assert " 500 " not in daphne.output() and " 503 " not in daphne.output()
+    # start_daphne's teardown asserts that the log has no traceback.

@@ -3,6 +3,7 @@
 Every variable is listed in ``.env.example`` and the README.
 """
 
+import logging
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -125,6 +126,7 @@ SSE_STREAM_TTL = env.int("SSE_STREAM_TTL", default=86_400)  # seconds a stream's
 SSE_HEARTBEAT = env.float("SSE_HEARTBEAT", default=15.0)  # seconds between comment lines
 SSE_RETRY_MS = env.int("SSE_RETRY_MS", default=3_000)  # the retry: hint, randomized by +-20%
 SSE_QUEUE_SIZE = env.int("SSE_QUEUE_SIZE", default=1_000)  # events a client may fall behind before it is closed
+SSE_MAX_STREAMS = env.int("SSE_MAX_STREAMS", default=20_000)  # open streams per process; then 503
 SSE_MAX_DATA_BYTES = env.int("SSE_MAX_DATA_BYTES", default=1_048_576)  # largest event data, as JSON
 SSE_REDIS_SOCKET_TIMEOUT = env.float("SSE_REDIS_SOCKET_TIMEOUT", default=30.0)
 SSE_REDIS_MAX_CONNECTIONS = env.int("SSE_REDIS_MAX_CONNECTIONS", default=50)
@@ -156,11 +158,22 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 {%- endif %}
 
+
+def _one_line(record: logging.LogRecord) -> bool:
+    # A bad Host header is the client's mistake: log one line, not a traceback.
+    record.exc_info = record.exc_text = None
+    return True
+
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "filters": {"one_line": {"()": "django.utils.log.CallbackFilter", "callback": _one_line}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": "WARNING"},
-    "loggers": {"sse": {"level": env.str("SSE_LOG_LEVEL", default="INFO"), "propagate": True}},
+    "loggers": {
+        "sse": {"level": env.str("SSE_LOG_LEVEL", default="INFO"), "propagate": True},
+        "django.security.DisallowedHost": {"level": "WARNING", "filters": ["one_line"]},
+    },
 }

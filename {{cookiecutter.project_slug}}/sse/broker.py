@@ -123,6 +123,7 @@ class Hub:
         self._ready: dict[str, asyncio.Future[None]] = {}
         self._idle: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.open = 0  # subscriptions (open streams) in this process
         extra = [import_string(path)(self) for path in setting("SSE_FEEDS", [])]
         self.feeds: list[Feed] = [broker.feed(self), *extra]
 
@@ -131,6 +132,7 @@ class Hub:
         # Registered before the feeds are watched: the first live event may come
         # while we wait, and replay runs after this returns.
         self.subscribers.setdefault(stream, set()).add(sub)
+        self.open += 1
         if handle := self._idle.pop(stream, None):
             handle.cancel()
         try:
@@ -148,6 +150,7 @@ class Hub:
         if subs is None or sub not in subs:
             return
         subs.discard(sub)
+        self.open -= 1
         if not subs and sub.stream not in self._idle:
             # Keep the upstream subscription a little while: clients that reconnect
             # at once (deploys, network blips) then cost no SUBSCRIBE churn.

@@ -53,6 +53,9 @@ async def stream_response(request: HttpRequest, stream: str) -> HttpResponse:
         except InvalidEvent as exc:
             return plain(400, f"Last-Event-ID: {exc}")
     hub = get_hub()
+    if hub.open >= setting("SSE_MAX_STREAMS", 20_000):
+        # Past this a process would run out of file descriptors or memory for everyone.
+        return plain(503, "too many open streams on this server, retry shortly", Retry_After="5")
     try:
         sub = await hub.subscribe(stream)
     except BrokerUnavailable:

@@ -1,6 +1,11 @@
+import json
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sse.encoding import (
+    EVENT_ID,
     InvalidEvent,
     dumps,
     encode,
@@ -84,3 +89,37 @@ def test_malformed_ids(bad):
 def test_data_must_be_json(bad):
     with pytest.raises(InvalidEvent):
         dumps(bad)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(), children, max_size=5),
+    max_leaves=20,
+)
+VALID_NAMES = st.text(st.characters(exclude_characters="\r\n\0"), min_size=1, max_size=64)
+EVENT_IDS = st.tuples(st.integers(0, 2**63), st.integers(0, 2**63), st.integers(0, 2**31)).map(format_id)
+
+
+@given(value=JSON, event=VALID_NAMES, event_id=EVENT_IDS)
+def test_property_any_json_any_name_reads_back_identical(value, event, event_id):
+    data = dumps(value)
+    (parsed,) = parse(encode(id=event_id, event=event, data=data).decode())
+    assert parsed == {"id": event_id, "event": event, "data": data}
+    assert json.loads(parsed["data"]) == value
+    assert parse_id(parsed["id"]) == parse_id(event_id)
+
+
+@given(
+    name=st.tuples(st.text(max_size=30), st.sampled_from("\r\n\0"), st.text(max_size=30)).map("".join),
+)
+def test_property_names_with_line_breaks_or_nul_are_rejected(name):
+    with pytest.raises(InvalidEvent):
+        encode(event=name, data="1")
+    with pytest.raises(InvalidEvent):
+        encode(id=name, data="1")
+
+
+@given(value=st.text(max_size=40).filter(lambda v: not EVENT_ID.fullmatch(v)))
+def test_property_anything_that_is_not_an_id_is_rejected(value):
+    with pytest.raises(InvalidEvent):
+        parse_id(value)

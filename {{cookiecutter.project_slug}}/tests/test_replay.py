@@ -130,3 +130,23 @@ async def test_disconnect_and_close_unsubscribe(backend, stream):
     assert len(hub.subscribers[stream]) == 1
     response.close()
     assert len(hub.subscribers[stream]) == 0
+
+
+async def test_open_streams_are_capped_per_process(backend, stream, settings):
+    settings.SSE_MAX_STREAMS = 2
+    hub = get_hub()
+    await open_stream(stream)
+    second = await open_stream(stream)
+    assert hub.open == 2
+    refused = await stream_response(rf.get(f"/sse/{stream}/"), stream)
+    assert refused.status_code == 503
+    assert refused["Retry-After"] == "5"
+    await anext(second)
+    reader = asyncio.ensure_future(anext(second))  # the second client goes away
+    await asyncio.sleep(0.05)
+    reader.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reader
+    assert hub.open == 1
+    third = await open_stream(stream)
+    assert (await anext(third)).startswith(b"retry:")
