@@ -97,6 +97,7 @@ class Project:
             DJANGO_SECRET_KEY="e2e-" + "k" * 60,
             DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
             DJANGO_SECURE_SSL_REDIRECT="0",
+            SSE_PUBLIC_STREAMS="*",  # tests use many stream names; test_e2e checks the default policy
             PYTHONUNBUFFERED="1",
         )
         env.update(extra)

@@ -15,6 +15,7 @@ from tests.sse_client import SSEConnection
 PAYLOADS = [
     {"msg": "hi"},
     "é ✓ 🎉 \u2028 \u00a0 中文",
+    "lone surrogate \ud800 survives as a JSON escape",
     "line one\nline two\r\nline three\rend\n",
     "data: forged\n\nid: 999\nevent: evil\nretry: 1\n: comment",
     {"nested": [1, 2.5, None, True, {"x": "y"}], "empty": ""},
@@ -379,3 +380,42 @@ def test_hostile_requests_get_no_5xx_and_no_traceback(project, start_daphne):
     assert sum(1 for s in statuses if s and 400 <= s < 500) >= 100
     assert " 500 " not in daphne.output() and " 503 " not in daphne.output()
     # start_daphne's teardown asserts that the log has no traceback.
+
+
+SESSION_SCRIPT = """
+import sys, django
+django.setup()
+from importlib import import_module
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+user, _ = get_user_model().objects.get_or_create(username=sys.argv[1])
+session = import_module(settings.SESSION_ENGINE).SessionStore()
+session[SESSION_KEY] = str(user.pk)
+session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+session.create()
+print(user.pk, session.session_key)
+"""
+
+
+def test_private_user_streams_follow_the_django_session(project, redis_server, start_daphne):
+    """The default policy, with real logins: user.<id> is for that user only; unknown streams are denied."""
+    daphne = start_daphne(SSE_PUBLIC_STREAMS="notifications,chat")
+    alice_pk, alice_session = project.run("-c", SESSION_SCRIPT, "alice").stdout.split()
+    bob_pk, _ = project.run("-c", SESSION_SCRIPT, "bob").stdout.split()
+    as_alice = {"Cookie": f"sessionid={alice_session}"}
+    cases = [
+        (f"user.{alice_pk}", {}, 403),
+        (f"user.{bob_pk}", as_alice, 403),
+        ("anything-else", as_alice, 403),
+        ("notifications", {}, 200),
+    ]
+    for stream, headers, expected in cases:
+        client = SSEConnection("127.0.0.1", daphne.port, f"/sse/{stream}/", headers)
+        assert client.wait_status() == expected, (stream, headers)
+        client.close()
+    mine = connect(daphne, f"user.{alice_pk}", **as_alice)
+    event_id = send_event(project, redis_server.url, f"user.{alice_pk}", "private", {"for": "alice"})
+    (event,) = mine.wait_events(1)
+    assert (event.id, json.loads(event.data)) == (event_id, {"for": "alice"})
+    mine.close()

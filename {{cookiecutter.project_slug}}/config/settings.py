@@ -130,6 +130,10 @@ SSE_MAX_STREAMS = env.int("SSE_MAX_STREAMS", default=20_000)  # open streams per
 SSE_MAX_DATA_BYTES = env.int("SSE_MAX_DATA_BYTES", default=1_048_576)  # largest event data, as JSON
 SSE_REDIS_SOCKET_TIMEOUT = env.float("SSE_REDIS_SOCKET_TIMEOUT", default=30.0)
 SSE_REDIS_MAX_CONNECTIONS = env.int("SSE_REDIS_MAX_CONNECTIONS", default=50)
+# Who may read which stream: a callable (request, stream) -> bool, see sse/auth.py.
+# The default allows these fnmatch patterns to everyone and user.<id> to that user.
+SSE_AUTHORIZE = env.str("SSE_AUTHORIZE", default="sse.auth.default_policy")
+SSE_PUBLIC_STREAMS = env.list("SSE_PUBLIC_STREAMS", default=["notifications", "chat"])
 SSE_DEMO_PUBLISH = env.bool("SSE_DEMO_PUBLISH", default=DEBUG)  # the demo form; staff may always publish
 {%- if cookiecutter.sse_mode == "channels" %}
 SSE_FEEDS = ["sse.layer.LayerFeed"]  # group_send({"type": "sse.event"}) reaches clients too

@@ -10,4 +10,5 @@ from config.settings import *  # noqa: F403
 
 DEBUG = False
 SSE_DEMO_PUBLISH = False
+SSE_PUBLIC_STREAMS = ["*"]  # tests use random stream names; tests/test_auth.py checks the default
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast user creation

@@ -606,9 +606,14 @@ async def aclose() -> None:
         await _broker.aclose()
 
 
+# Settings the broker reads once, when it is made; the others are read when used.
+BROKER_SETTINGS = {"SSE_KEY_PREFIX", "SSE_MAXLEN", "SSE_FEEDS", "SSE_REDIS_SOCKET_TIMEOUT", "SSE_REDIS_CONNECT_TIMEOUT"}
+
+
 def _reset(*, setting: str, **kwargs: Any) -> None:
+    """Tests change settings: start again with a broker made from the new ones."""
     global _broker
-    if setting.startswith(("REDIS_", "SSE_")):
+    if setting.startswith("REDIS_") or setting in BROKER_SETTINGS:
         with _broker_lock:
             if isinstance(_broker, RedisBroker) and _broker._sync is not None:
                 _broker._sync.close()

@@ -37,7 +37,17 @@ def validate_event_name(name: object) -> str:
         raise InvalidEvent(f"event name must be 1-{MAX_EVENT_NAME} characters")
     if _FORBIDDEN.search(name):
         raise InvalidEvent("event name must not contain CR, LF or NUL")
+    if not _is_utf8(name):
+        raise InvalidEvent("event name must be valid Unicode (no lone surrogates)")
     return name
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_id(value: str) -> EventKey:
@@ -57,9 +67,13 @@ def format_id(key: EventKey) -> str:
 def dumps(data: Any) -> str:
     """Serialize event data to JSON text, the only data format on the wire."""
     try:
-        return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        if not _is_utf8(text):
+            # Lone surrogates can't be sent as UTF-8; as \uXXXX escapes JSON keeps them.
+            text = json.dumps(data, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidEvent(f"data is not JSON-serializable: {exc}") from None
+    return text
 
 
 def encode(
@@ -77,8 +91,8 @@ def encode(
     if retry is not None:
         lines.append(f"retry: {int(retry)}")
     if id is not None:
-        if _FORBIDDEN.search(id):
-            raise InvalidEvent("event id must not contain CR, LF or NUL")
+        if _FORBIDDEN.search(id) or not _is_utf8(id):
+            raise InvalidEvent("event id must not contain CR, LF, NUL or lone surrogates")
         lines.append(f"id: {id}" if id else "id")
     if event is not None:
         lines.append("event: " + validate_event_name(event))

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
+from sse.auth import authorize
 from sse.broker import ZERO, BrokerUnavailable, Hub, Subscription, get_hub, setting
 from sse.encoding import (
     RESET_EVENT,
@@ -46,6 +47,8 @@ async def stream_response(request: HttpRequest, stream: str) -> HttpResponse:
         validate_stream(stream)
     except InvalidEvent as exc:
         return plain(404, str(exc))
+    if not await authorize(request, stream):
+        return plain(403, "you may not read this stream")
     last_id = last_event_id(request)
     if last_id is not None:
         try:

@@ -3,9 +3,15 @@ import os
 import uuid
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from sse import broker
 from sse.encoding import STREAM_NAME
+
+# No per-example deadline (shared CI machines are slow at times); CI replays fixed examples.
+hypothesis_settings.register_profile("default", deadline=None)
+hypothesis_settings.register_profile("ci", deadline=None, derandomize=True)
+hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 REDIS_URL = os.environ.get("SSE_TEST_REDIS_URL")
 BACKENDS = [

@@ -2,13 +2,19 @@
 
 import asyncio
 
+import pytest
 from channels.layers import get_channel_layer
 from channels.testing import ApplicationCommunicator
+from django.contrib.auth.models import User
+from django.test import AsyncClient
 
 from config.asgi import application
 from sse import apublish
 from sse.broker import get_hub
 from tests.conftest import parse
+
+# Channels closes stale database connections around every handler, as Django does per request.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def scope(path: str, headers=(), query: bytes = b"") -> dict:
@@ -108,3 +114,23 @@ async def test_host_validation_and_https_redirect(backend, stream, settings):
     assert start_msg["status"] == 200
     await comm.send_input({"type": "http.disconnect"})
     await asyncio.wait_for(comm.wait(), 5)
+
+
+async def test_private_streams_use_the_django_session(backend, settings):
+    settings.SSE_PUBLIC_STREAMS = []
+    alice = await User.objects.acreate_user("alice", password="x")
+    bob = await User.objects.acreate_user("bob", password="x")
+    client = AsyncClient()
+    await client.aforce_login(alice)
+    cookie = [
+        (b"cookie", f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}".encode())
+    ]
+    for path, headers, expected in [
+        (f"/sse/user.{alice.pk}/", [], 403),
+        (f"/sse/user.{bob.pk}/", cookie, 403),
+        (f"/sse/user.{alice.pk}/", cookie, 200),
+    ]:
+        comm, start_msg, _ = await start(path, headers)
+        assert start_msg["status"] == expected, path
+        await comm.send_input({"type": "http.disconnect"})
+        await comm.wait(5)

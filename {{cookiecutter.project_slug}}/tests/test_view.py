@@ -2,6 +2,8 @@
 
 import asyncio
 
+import pytest
+from django.contrib.auth.models import User
 from django.test import AsyncClient
 
 from sse import apublish
@@ -47,3 +49,18 @@ async def test_https_redirect(backend, stream, settings):
     assert secure.status_code == 200
     await asyncio.wait_for(anext(secure.streaming_content), 5)
     await secure.streaming_content.aclose()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_private_streams_use_the_django_session(backend, settings):
+    settings.SSE_PUBLIC_STREAMS = []
+    alice = await User.objects.acreate_user("alice", password="x")
+    bob = await User.objects.acreate_user("bob", password="x")
+    client = AsyncClient()
+    assert (await client.get(f"/sse/user.{alice.pk}/")).status_code == 403
+    await client.aforce_login(alice)
+    assert (await client.get(f"/sse/user.{bob.pk}/")).status_code == 403
+    mine = await client.get(f"/sse/user.{alice.pk}/")
+    assert mine.status_code == 200
+    assert (await anext(mine.streaming_content)).startswith(b"retry:")
+    await mine.streaming_content.aclose()

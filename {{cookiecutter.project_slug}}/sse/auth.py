@@ -1,0 +1,53 @@
+"""Who may read which stream.
+
+``SSE_AUTHORIZE`` names a callable ``(request, stream) -> bool``, sync or async,
+called for every stream request before anything is subscribed. The default:
+
+- streams matching a pattern in ``SSE_PUBLIC_STREAMS`` (``fnmatch`` style) are public;
+- ``user.<id>`` is readable only by the authenticated user with that primary key;
+- everything else is denied (403).
+
+Write your own in any module, for example::
+
+    async def authorize(request, stream):
+        if stream.startswith("team."):
+            user = await request.auser()
+            return await user.teams.filter(slug=stream[5:]).aexists()
+        return await default_policy(request, stream)
+
+and set ``SSE_AUTHORIZE = "myapp.sse.authorize"``.
+"""
+
+import inspect
+from fnmatch import fnmatchcase
+from typing import Any
+
+from django.contrib.auth.models import AnonymousUser
+from django.http import HttpRequest
+from django.utils.module_loading import import_string
+
+from sse.broker import setting
+
+
+async def get_user(request: HttpRequest) -> Any:
+    """The session user, in either mode (Django's middleware or Channels' scope)."""
+    if hasattr(request, "auser"):
+        return await request.auser()
+    return getattr(request, "user", None) or AnonymousUser()
+
+
+async def default_policy(request: HttpRequest, stream: str) -> bool:
+    if any(fnmatchcase(stream, pattern) for pattern in setting("SSE_PUBLIC_STREAMS", [])):
+        return True
+    if stream.startswith("user."):
+        user = await get_user(request)
+        return bool(user.is_authenticated) and stream == f"user.{user.pk}"
+    return False
+
+
+async def authorize(request: HttpRequest, stream: str) -> bool:
+    policy = import_string(setting("SSE_AUTHORIZE", "sse.auth.default_policy"))
+    allowed = policy(request, stream)
+    if inspect.isawaitable(allowed):
+        allowed = await allowed
+    return bool(allowed)
