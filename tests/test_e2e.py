@@ -419,3 +419,77 @@ def test_private_user_streams_follow_the_django_session(project, redis_server, s
     (event,) = mine.wait_events(1)
     assert (event.id, json.loads(event.data)) == (event_id, {"for": "alice"})
     mine.close()
+
+
+class Reconnecting:
+    """What a browser does: on a dropped stream, reconnect (here to the next instance) with its last id."""
+
+    def __init__(self, ports: list[int], stream: str) -> None:
+        import threading
+
+        self.ports, self.stream = ports, stream
+        self.events: list = []
+        self.reconnects = 0
+        self.stopped = False
+        self.conn = SSEConnection("127.0.0.1", ports[0], f"/sse/{stream}/")
+        assert self.conn.wait_status() == 200
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        index = 0
+        while not self.stopped:
+            self.conn.wait(lambda c: c.closed, 0.2)
+            if self.stopped or not self.conn.closed:
+                continue
+            self.events += self.conn.events
+            last = self.conn.parser.last_event_id
+            index = (index + 1) % len(self.ports)
+            self.reconnects += 1
+            time.sleep(0.2)  # the retry: delay, shortened
+            try:
+                self.conn = SSEConnection(
+                    "127.0.0.1", self.ports[index], f"/sse/{self.stream}/", {"Last-Event-ID": last}
+                )
+            except OSError:
+                self.conn.closed = True  # that instance is down too: try the next one
+
+    def all_events(self) -> list:
+        return self.events + self.conn.events
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.thread.join(5)
+        self.conn.close()
+
+
+def test_killing_one_of_two_instances_loses_and_duplicates_nothing(project, redis_server, start_daphne):
+    import signal
+
+    a, b = start_daphne(), start_daphne()
+    clients = [Reconnecting([a.port, b.port], "deploy") for _ in range(3)]
+    clients += [Reconnecting([b.port, a.port], "deploy") for _ in range(3)]
+    script = (
+        "import time, django\ndjango.setup()\nfrom sse import publish\n"
+        "for i in range(150):\n    print(publish('deploy', 'n', i), flush=True)\n    time.sleep(0.02)\n"
+    )
+    publisher = subprocess.Popen(
+        [project.python, "-c", script],
+        cwd=project.path,
+        env=project.env(REDIS_URL=redis_server.url),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)
+    a.proc.send_signal(signal.SIGTERM)  # a deploy stops one instance while events flow
+    ids = publisher.communicate(timeout=60)[0].split()
+    assert publisher.returncode == 0 and len(ids) == 150
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(len(c.all_events()) < 150 for c in clients):
+        time.sleep(0.2)
+    for client in clients:
+        client.stop()
+        got = [e.id for e in client.all_events()]
+        assert got == ids, f"missing {len(set(ids) - set(got))}, duplicated {len(got) - len(set(got))}"
+    assert all(c.reconnects >= 1 for c in clients[:3]), "the stopped instance's clients moved"
+    assert a.proc.wait(15) == 0

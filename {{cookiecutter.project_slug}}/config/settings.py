@@ -122,6 +122,7 @@ SSE_KEY_PREFIX = env.str(
     default="{{ cookiecutter.project_slug }}:sse",
 )
 SSE_MAXLEN = env.int("SSE_MAXLEN", default=10_000)  # events kept per stream for replay (approximate)
+SSE_MAX_AGE = env.float("SSE_MAX_AGE", default=86_400)  # seconds an event stays replayable; 0: no limit
 SSE_STREAM_TTL = env.int("SSE_STREAM_TTL", default=86_400)  # seconds a stream's log outlives its last event
 SSE_HEARTBEAT = env.float("SSE_HEARTBEAT", default=15.0)  # seconds between comment lines
 SSE_RETRY_MS = env.int("SSE_RETRY_MS", default=3_000)  # the retry: hint, randomized by +-20%

@@ -46,9 +46,15 @@ log = logging.getLogger("sse")
 Entry = tuple[str, str, str]  # id, event name, data as JSON text
 ZERO: EventKey = (0, 0, 0)
 
+# ARGV: maxlen, event, data, key TTL (s), max age (ms). Age trimming is exact, so that
+# an entry past SSE_MAX_AGE is never replayed; length trimming removes whole nodes.
 PUBLISH_SCRIPT = """
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[2], 'data', ARGV[3])
 if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
+if tonumber(ARGV[5]) > 0 then
+  local ms = tonumber(string.match(id, '^(%d+)'))
+  redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d', ms - tonumber(ARGV[5])))
+end
 redis.call('PUBLISH', KEYS[1], id .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[3])
 return id
 """
@@ -274,8 +280,11 @@ class MemoryBroker(Broker):
             ms = max(int(time.time() * 1000), self._last[0])
             self._last = (ms, self._last[1] + 1 if ms == self._last[0] else 0)
             id = f"{self._last[0]}-{self._last[1]}"
-            maxlen = setting("SSE_MAXLEN", 10_000)
-            self._logs.setdefault(stream, deque(maxlen=maxlen)).append((id, event, payload))
+            log = self._logs.setdefault(stream, deque(maxlen=setting("SSE_MAXLEN", 10_000)))
+            log.append((id, event, payload))
+            max_age_ms = setting("SSE_MAX_AGE", 86_400) * 1000
+            while max_age_ms > 0 and int(log[0][0].split("-")[0]) < ms - max_age_ms:
+                log.popleft()
             # Always through the loop's queue, under the lock: deliveries keep id order
             # whichever thread publishes.
             for hub in list(self.hubs):
@@ -391,7 +400,8 @@ class RedisBroker(Broker):
     def _args(self, stream: str, event: str, data: Any) -> tuple[list[str], list[Any]]:
         stream, event, payload = prepare(stream, event, data)
         ttl = setting("SSE_STREAM_TTL", 86_400)
-        return [self.key(stream)], [setting("SSE_MAXLEN", 10_000), event, payload, ttl]
+        max_age_ms = int(setting("SSE_MAX_AGE", 86_400) * 1000)
+        return [self.key(stream)], [setting("SSE_MAXLEN", 10_000), event, payload, ttl, max_age_ms]
 
     def publish(self, stream: str, event: str, data: Any) -> str:
         keys, args = self._args(stream, event, data)

@@ -35,6 +35,18 @@ async def test_retention_is_bounded(backend, stream, settings):
     assert await get_broker().areplay(stream, first, 10) is None
 
 
+async def test_retention_by_age(backend, stream, settings):
+    settings.SSE_MAX_AGE = 0.3
+    old = await apublish(stream, "n", "old")
+    kept = await apublish(stream, "n", "kept")
+    assert [e[0] for e in await get_broker().areplay(stream, old, 10)] == [kept]
+    await asyncio.sleep(0.4)
+    newest = await apublish(stream, "n", "new")
+    assert await get_broker().areplay(stream, old, 10) is None, "older than SSE_MAX_AGE: not replayable"
+    assert await get_broker().areplay(stream, kept, 10) is None
+    assert await get_broker().alast_id(stream) == newest
+
+
 @pytest.mark.parametrize(
     ("stream", "event", "data"),
     [("bad name", "e", 1), ("ok", "bad\nname", 1), ("ok", "e", float("inf")), ("ok", "reset", 1)],
