@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from pathlib import Path
 
 from tests.conftest import Project
 from tests.sse_client import SSEConnection
@@ -493,3 +494,81 @@ def test_killing_one_of_two_instances_loses_and_duplicates_nothing(project, redi
         assert got == ids, f"missing {len(set(ids) - set(got))}, duplicated {len(got) - len(set(got))}"
     assert all(c.reconnects >= 1 for c in clients[:3]), "the stopped instance's clients moved"
     assert a.proc.wait(15) == 0
+
+
+def rss_kb(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+FLOOD_SCRIPT = """
+import sys, django
+django.setup()
+from sse import publish
+for i in range(int(sys.argv[2])):
+    publish(sys.argv[1], "big", {"i": i, "pad": "x" * 100_000})
+"""
+
+
+def test_a_client_that_stops_reading_is_closed_and_memory_stays_bounded(project, redis_server, start_daphne):
+    """20 MB of events to a client that reads nothing: the server drops it at SSE_MAX_BUFFER, not at 20 MB."""
+    import socket
+    import threading
+
+    from tests.sse_client import SSEParser
+
+    daphne = start_daphne(SSE_MAX_BUFFER="1048576", SSE_SEND_TIMEOUT="2")
+    stalled = socket.create_connection(("127.0.0.1", daphne.port))
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.sendall(b"GET /sse/flood/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += stalled.recv(1)  # the headers, then this client stops reading
+    reader = connect(daphne, "flood")
+    before = rss_kb(daphne.pid)
+    peak, done = [before], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak.append(rss_kb(daphne.pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    env = project.env(REDIS_URL=redis_server.url)
+    project.run("-c", FLOOD_SCRIPT, "flood", "200", env=env)
+    events = reader.wait_events(200, timeout=60)  # the reading client is not held up
+    done.set()
+    sampler.join()
+    growth_mb = (max(peak) - before) / 1024
+    report = f"RSS growth while 20 MB went to a stalled client ({project.mode}): {growth_mb:.1f} MB"
+    build = Path(__file__).resolve().parent.parent / "build"
+    build.mkdir(exist_ok=True)
+    (build / f"slow-client-{project.mode}.txt").write_text(report + "\n")
+    assert growth_mb < 12, f"RSS grew {growth_mb:.1f} MB"
+    deadline = time.monotonic() + 10
+    while "closing a client that stopped reading" not in daphne.output() and time.monotonic() < deadline:
+        time.sleep(0.2)  # SSE_SEND_TIMEOUT after it stopped reading
+    assert "closing a client that stopped reading" in daphne.output()
+    # The stalled client now reads what reached it before the server gave up on it...
+    parser, stalled_ids = SSEParser(), []
+    stalled.settimeout(10)
+    body = b""
+    try:
+        while chunk := stalled.recv(65536):
+            body += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    stalled.close()
+    parser.feed(body.split(b"\r\n", 1)[1] if body else b"")  # past the first chunk-size line
+    stalled_ids = [e.id for e in parser.events if e.id]
+    assert len(stalled_ids) < 200
+    # ...and, as a browser would, reconnects with its last id: replay fills the gap.
+    last = stalled_ids[-1] if stalled_ids else events[0].id
+    again = connect(daphne, "flood", **{"Last-Event-ID": last})
+    rest = again.wait_events(len([e for e in events if e.id > last]), timeout=30)
+    assert [e.id for e in rest] == [e.id for e in events if e.id > last]
+    again.close()
+    reader.close()

@@ -33,6 +33,8 @@ import os
 import django
 from django.core.handlers.asgi import ASGIHandler
 
+from sse.backpressure import guard
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 
@@ -56,7 +58,7 @@ class Handler(ASGIHandler):
                 task.cancel()
             return message.result() if message.done() and not message.cancelled() else {"type": "http.disconnect"}
 
-        handler = asyncio.ensure_future(self.handle(scope, receive_or_stop, send))
+        handler = asyncio.ensure_future(self.handle(scope, receive_or_stop, guard(send)))
         try:
             await asyncio.shield(handler)
         except asyncio.CancelledError:

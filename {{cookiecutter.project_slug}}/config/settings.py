@@ -126,6 +126,8 @@ SSE_MAX_AGE = env.float("SSE_MAX_AGE", default=86_400)  # seconds an event stays
 SSE_STREAM_TTL = env.int("SSE_STREAM_TTL", default=86_400)  # seconds a stream's log outlives its last event
 SSE_HEARTBEAT = env.float("SSE_HEARTBEAT", default=15.0)  # seconds between comment lines
 SSE_RETRY_MS = env.int("SSE_RETRY_MS", default=3_000)  # the retry: hint, randomized by +-20%
+SSE_MAX_BUFFER = env.int("SSE_MAX_BUFFER", default=1_048_576)  # unsent bytes per client: then wait for it
+SSE_SEND_TIMEOUT = env.float("SSE_SEND_TIMEOUT", default=10.0)  # seconds a client may read nothing, then closed
 SSE_QUEUE_SIZE = env.int("SSE_QUEUE_SIZE", default=1_000)  # events a client may fall behind before it is closed
 SSE_MAX_STREAMS = env.int("SSE_MAX_STREAMS", default=20_000)  # open streams per process; then 503
 SSE_MAX_DATA_BYTES = env.int("SSE_MAX_DATA_BYTES", default=1_048_576)  # largest event data, as JSON

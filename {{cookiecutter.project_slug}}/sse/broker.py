@@ -82,31 +82,57 @@ def prepare(stream: str, event: str, data: Any) -> tuple[str, str, str]:
 
 
 class Subscription:
-    """One connection's queue of ``(key, frame)``; ``None`` ends the connection."""
+    """One connection's queue of ``(key, frame)``; ``None`` ends the connection.
 
-    __slots__ = ("__weakref__", "dropped", "queue", "stream")
+    Bounded in events (``SSE_QUEUE_SIZE``) and bytes (``SSE_MAX_BUFFER``): a client
+    further behind than that is closed instead of buffered without end. It
+    reconnects with its Last-Event-ID and replay fills the gap.
+    """
 
-    def __init__(self, stream: str, maxsize: int) -> None:
+    __slots__ = ("__weakref__", "bytes", "dropped", "max_bytes", "queue", "stream")
+
+    def __init__(self, stream: str, maxsize: int, max_bytes: int) -> None:
         self.stream = stream
         self.queue: asyncio.Queue[tuple[EventKey, bytes] | None] = asyncio.Queue(maxsize)
         self.dropped = False
+        self.bytes = 0
+        self.max_bytes = max_bytes or float("inf")
 
     def push(self, item: tuple[EventKey, bytes]) -> None:
         if self.dropped:
             return
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
-            # Close a client this far behind instead of buffering without end: it
-            # reconnects with Last-Event-ID and replay fills the gap.
-            log.info("sse: closing a slow client of %s (%d events queued)", self.stream, self.queue.qsize())
+        size = len(item[1])
+        # One frame always fits, however large: only a backlog closes the client.
+        if self.queue.full() or (self.bytes and self.bytes + size > self.max_bytes):
+            log.info(
+                "sse: closing a slow client of %s (%d events, %d bytes queued)",
+                self.stream,
+                self.queue.qsize(),
+                self.bytes,
+            )
             self.close()
+            return
+        self.bytes += size
+        self.queue.put_nowait(item)
+
+    async def get(self) -> tuple[EventKey, bytes] | None:
+        return self._taken(await self.queue.get())
+
+    def get_nowait(self) -> tuple[EventKey, bytes] | bool | None:
+        """The next item if one is queued, else False."""
+        return self._taken(self.queue.get_nowait()) if not self.queue.empty() else False
+
+    def _taken(self, item: tuple[EventKey, bytes] | None) -> tuple[EventKey, bytes] | None:
+        if item is not None:
+            self.bytes -= len(item[1])
+        return item
 
     def close(self) -> None:
         """End the connection after what it has been sent; the client reconnects."""
         self.dropped = True
         while not self.queue.empty():
             self.queue.get_nowait()
+        self.bytes = 0
         self.queue.put_nowait(None)
 
 
@@ -134,7 +160,7 @@ class Hub:
         self.feeds: list[Feed] = [broker.feed(self), *extra]
 
     async def subscribe(self, stream: str) -> Subscription:
-        sub = Subscription(stream, setting("SSE_QUEUE_SIZE", 1000))
+        sub = Subscription(stream, setting("SSE_QUEUE_SIZE", 1000), setting("SSE_MAX_BUFFER", 1_048_576))
         # Registered before the feeds are watched: the first live event may come
         # while we wait, and replay runs after this returns.
         self.subscribers.setdefault(stream, set()).add(sub)

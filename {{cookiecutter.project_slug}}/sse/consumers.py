@@ -17,6 +17,7 @@ from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpResponse
 from django.middleware.security import SecurityMiddleware
 
+from sse.backpressure import guard
 from sse.stream import plain, stream_response
 
 
@@ -52,7 +53,7 @@ class SSEConsumer(AsyncHttpConsumer):
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, guard(send))
         finally:
             # On shutdown Daphne cancels the consumer, not its tasks.
             if self.task is not None:

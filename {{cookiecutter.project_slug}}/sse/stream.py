@@ -23,7 +23,7 @@ from sse.encoding import (
     validate_stream,
 )
 
-REPLAY_PAGE = 500
+REPLAY_PAGE = 100
 
 
 def plain(status: int, message: str, **headers: str) -> HttpResponse:
@@ -111,9 +111,15 @@ class Connection:
                 # with the id it has and gets a reset event.
                 self.sub.close()
                 return
+            batch: list[bytes] = []
+            for index, (id, event, data) in enumerate(entries):
+                batch.append(encode(id=id, event=event, data=data))
+                # Writes of about 64 KB: a backlog never lands in memory as one block.
+                if sum(map(len, batch)) >= 65_536 or index == len(entries) - 1:
+                    yield b"".join(batch), parse_id(id)
+                    batch = []
             if entries:
                 cursor = entries[-1][0]
-                yield b"".join(encode(id=i, event=e, data=d) for i, e, d in entries), parse_id(cursor)
             if len(entries) < REPLAY_PAGE:
                 return
             first = False
@@ -128,13 +134,13 @@ class Connection:
         return frame, parse_id(latest) if latest else ZERO
 
     async def live(self, sent: EventKey) -> AsyncIterator[bytes]:
-        queue = self.sub.queue
+        sub = self.sub
         heartbeat = setting("SSE_HEARTBEAT", 15.0)
         ping = encode(comment="ping")
         while True:
             try:
                 async with asyncio.timeout(heartbeat):
-                    item = await queue.get()
+                    item = await sub.get()
             except TimeoutError:
                 yield ping
                 continue
@@ -145,7 +151,7 @@ class Connection:
                     chunks.append(frame)
                     sent = key
                 # Whatever is already queued goes out in the same write.
-                item = queue.get_nowait() if not queue.empty() else False
+                item = sub.get_nowait()
             if chunks:
                 yield b"".join(chunks)
             if item is None:
