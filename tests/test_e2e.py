@@ -548,10 +548,13 @@ def test_a_client_that_stops_reading_is_closed_and_memory_stays_bounded(project,
     build.mkdir(exist_ok=True)
     (build / f"slow-client-{project.mode}.txt").write_text(report + "\n")
     assert growth_mb < 12, f"RSS grew {growth_mb:.1f} MB"
+    # Closed by whichever bound it hits first: its queue (bytes or events behind), or
+    # SSE_SEND_TIMEOUT with a full send buffer.
+    closed = ("closing a slow client of flood", "closing a client that stopped reading")
     deadline = time.monotonic() + 10
-    while "closing a client that stopped reading" not in daphne.output() and time.monotonic() < deadline:
-        time.sleep(0.2)  # SSE_SEND_TIMEOUT after it stopped reading
-    assert "closing a client that stopped reading" in daphne.output()
+    while not any(line in daphne.output() for line in closed) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert any(line in daphne.output() for line in closed), daphne.output()
     # The stalled client now reads what reached it before the server gave up on it...
     parser, stalled_ids = SSEParser(), []
     stalled.settimeout(10)
@@ -572,3 +575,79 @@ def test_a_client_that_stops_reading_is_closed_and_memory_stays_bounded(project,
     assert [e.id for e in rest] == [e.id for e in events if e.id > last]
     again.close()
     reader.close()
+
+
+def health(daphne) -> dict:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{daphne.port}/health/", timeout=10) as response:
+        return json.loads(response.read())
+
+
+def redis_clients(url: str) -> int:
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    out = subprocess.run(["redis-cli", "-p", port, "client", "list"], capture_output=True, text=True).stdout
+    return len(out.strip().splitlines())
+
+
+def cycle(daphne, count: int, streams: int = 10) -> None:
+    """``count`` clients connect, get the first chunk, and go away; 50 at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> None:
+        conn = SSEConnection("127.0.0.1", daphne.port, f"/sse/cycle-{i % streams}/")
+        assert conn.wait_status() == 200
+        assert conn.wait(lambda c: c.parser.retry is not None, 10)
+        conn.close()
+
+    with ThreadPoolExecutor(50) as pool:
+        list(pool.map(one, range(count)))
+
+
+def test_a_thousand_connect_disconnect_cycles_leave_nothing_behind(project, redis_server, start_daphne):
+    daphne = start_daphne(SSE_UNWATCH_DELAY="1", SSE_REDIS_MAX_CONNECTIONS="10")
+    keep = connect(daphne, "steady")  # one long-lived stream throughout
+    cycle(daphne, 50)  # warm up: imports, pools, caches
+    time.sleep(3)
+    base = health(daphne)
+    base_threads, base_redis = daphne.threads(), redis_clients(redis_server.url)
+
+    def settled() -> dict:
+        deadline = time.monotonic() + 15
+        while True:
+            now = health(daphne)
+            if (now["streams"], now["tasks"]) == (base["streams"], base["tasks"]) or time.monotonic() > deadline:
+                return now
+            time.sleep(0.5)
+
+    cycle(daphne, 1000)
+    after = settled()
+    rss_first = rss_kb(daphne.pid)
+    assert after["streams"] == base["streams"] == 1, "only the steady stream is open"
+    assert after["stream_names"] == 1
+    assert after["tasks"] == base["tasks"], "no task left behind"
+    # Executors start a few threads lazily; what matters is no thread per connection.
+    assert daphne.threads() <= base_threads + 4, (base_threads, daphne.threads())
+    threads_first = daphne.threads()
+    # The pool (10 here) may keep idle connections after a burst; none is per client.
+    assert redis_clients(redis_server.url) <= base_redis + 10, (base_redis, redis_clients(redis_server.url))
+    if project.mode == "channels":
+        members = subprocess.run(
+            ["redis-cli", "-p", str(redis_server.port), "--scan", "--pattern", "asgi:group:cycle-*"],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        assert members == [], f"group memberships left: {members}"
+    cycle(daphne, 1000)
+    second = settled()
+    assert (second["streams"], second["tasks"]) == (base["streams"], base["tasks"])
+    assert daphne.threads() <= threads_first + 2
+    assert redis_clients(redis_server.url) <= base_redis + 10, "Redis connections stay within the pool"
+    growth_mb = (rss_kb(daphne.pid) - rss_first) / 1024
+    build = Path(__file__).resolve().parent.parent / "build"
+    build.mkdir(exist_ok=True)
+    (build / f"cycles-{project.mode}.txt").write_text(
+        f"RSS growth over the second 1,000 cycles ({project.mode}): {growth_mb:.1f} MB\n"
+    )
+    assert growth_mb < 5, f"RSS grew {growth_mb:.1f} MB over the second 1,000 cycles"
+    keep.close()

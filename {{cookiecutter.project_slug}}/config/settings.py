@@ -129,6 +129,7 @@ SSE_RETRY_MS = env.int("SSE_RETRY_MS", default=3_000)  # the retry: hint, random
 SSE_MAX_BUFFER = env.int("SSE_MAX_BUFFER", default=1_048_576)  # unsent bytes per client: then wait for it
 SSE_SEND_TIMEOUT = env.float("SSE_SEND_TIMEOUT", default=10.0)  # seconds a client may read nothing, then closed
 SSE_QUEUE_SIZE = env.int("SSE_QUEUE_SIZE", default=1_000)  # events a client may fall behind before it is closed
+SSE_UNWATCH_DELAY = env.float("SSE_UNWATCH_DELAY", default=30.0)  # keep a stream's upstream after its last client
 SSE_MAX_STREAMS = env.int("SSE_MAX_STREAMS", default=20_000)  # open streams per process; then 503
 SSE_MAX_DATA_BYTES = env.int("SSE_MAX_DATA_BYTES", default=1_048_576)  # largest event data, as JSON
 SSE_REDIS_SOCKET_TIMEOUT = env.float("SSE_REDIS_SOCKET_TIMEOUT", default=30.0)

@@ -1,11 +1,13 @@
 from django.contrib import admin
 from django.urls import include, path
-{%- if cookiecutter.sse_mode == "async_view" %}
 
+from sse.health import health
+{%- if cookiecutter.sse_mode == "async_view" %}
 from sse.views import stream
 {%- endif %}
 
 urlpatterns = [
+    path("health/", health, name="sse-health"),
 {%- if cookiecutter.sse_mode == "async_view" %}
     # Any name reaches the view, which answers 404 with the reason for a bad one.
     path("sse/<path:stream>/", stream, name="sse-stream"),

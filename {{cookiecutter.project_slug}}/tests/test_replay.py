@@ -150,3 +150,27 @@ async def test_open_streams_are_capped_per_process(backend, stream, settings):
     assert hub.open == 1
     third = await open_stream(stream)
     assert (await anext(third)).startswith(b"retry:")
+
+
+async def test_health_reports_streams_and_redis(backend, stream):
+    from django.test import AsyncClient
+
+    chunks = await open_stream(stream)
+    await anext(chunks)
+    response = await AsyncClient().get("/health/")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["streams"] >= 1 and body["status"] == "ok"
+    assert body["redis"] == ("ok" if backend == "redis" else None)
+
+
+async def test_health_is_503_when_redis_is_down(settings):
+    from django.test import AsyncClient
+
+    from sse import broker
+
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    response = await AsyncClient().get("/health/")
+    assert response.status_code == 503
+    assert response.json()["redis"] == "unavailable"
+    await broker.aclose()

@@ -1,0 +1,32 @@
+"""``GET /health/``: is this process able to serve streams? For load balancers and probes.
+
+It opens no stream. 200 when the broker is reachable, 503 when Redis is not.
+"""
+
+import asyncio
+
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_GET
+
+from sse.broker import RedisBroker, get_broker, get_hub
+
+
+@require_GET
+async def health(request: HttpRequest) -> JsonResponse:
+    broker, hub = get_broker(), get_hub()
+    body = {
+        "broker": "redis" if isinstance(broker, RedisBroker) else "memory",
+        "redis": None,
+        "streams": hub.open,  # open streams in this process
+        "stream_names": sum(1 for subs in hub.subscribers.values() if subs),
+        "tasks": len(asyncio.all_tasks()),
+    }
+    if isinstance(broker, RedisBroker):
+        try:
+            async with asyncio.timeout(2):
+                await broker.aclient().ping()
+            body["redis"] = "ok"
+        except Exception:  # any failure means: not serving events now
+            body["redis"] = "unavailable"
+    ok = body["redis"] != "unavailable"
+    return JsonResponse({"status": "ok" if ok else "unavailable", **body}, status=200 if ok else 503)
