@@ -23,7 +23,7 @@ from sse.encoding import (
     validate_stream,
 )
 
-REPLAY_PAGE = 100
+REPLAY_PAGE = 500  # entries per Redis round trip, at most
 
 
 def plain(status: int, message: str, **headers: str) -> HttpResponse:
@@ -100,9 +100,9 @@ class Connection:
 
     async def replay(self) -> AsyncIterator[tuple[bytes, EventKey]]:
         stream, broker = self.sub.stream, self.hub.broker
-        cursor, first = self.last_id, True
+        cursor, first, count = self.last_id, True, 10
         while True:
-            entries = await broker.areplay(stream, cursor, REPLAY_PAGE)
+            entries = await broker.areplay(stream, cursor, count)
             if entries is None and first:
                 yield await self.reset()
                 return
@@ -118,11 +118,13 @@ class Connection:
                 if sum(map(len, batch)) >= 65_536 or index == len(entries) - 1:
                     yield b"".join(batch), parse_id(id)
                     batch = []
-            if entries:
-                cursor = entries[-1][0]
-            if len(entries) < REPLAY_PAGE:
+            if len(entries) < count:
                 return
-            first = False
+            cursor, first = entries[-1][0], False
+            # Pages of about 256 KB: small events in few round trips, large ones
+            # without a memory spike.
+            size = sum(len(data) for _id, _event, data in entries)
+            count = max(1, min(REPLAY_PAGE, count * 262_144 // max(size, 1)))
 
     async def reset(self) -> tuple[bytes, EventKey]:
         """The documented event for an id the log no longer (or never) had."""

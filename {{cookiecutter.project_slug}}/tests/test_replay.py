@@ -174,3 +174,10 @@ async def test_health_is_503_when_redis_is_down(settings):
     assert response.status_code == 503
     assert response.json()["redis"] == "unavailable"
     await broker.aclose()
+
+
+async def test_long_replays_page_through_the_log(backend, stream):
+    ids = [await apublish(stream, "n", i) for i in range(300)]
+    chunks = await open_stream(stream, HTTP_LAST_EVENT_ID=ids[0])
+    events = await read_until(chunks, lambda ev: len(data_events(ev)) >= 299)
+    assert [e["id"] for e in data_events(events)] == ids[1:]
