@@ -209,10 +209,11 @@ def start_daphne(project, redis_server, tmp_path):
     """Start Daphne processes of ``project`` sharing the test Redis; stopped at teardown."""
     started: list[Daphne] = []
 
-    def start(runserver: bool = False, **env: str) -> Daphne:
-        port = free_port()
+    def start(runserver: bool = False, port: int | None = None, **env: str) -> Daphne:
+        port = port or free_port()
         settings = project.env(**{"REDIS_URL": redis_server.url, **env})
-        daphne = Daphne(project, port, settings, tmp_path / f"daphne-{port}.log", runserver)
+        log = tmp_path / f"daphne-{port}-{len(started)}.log"
+        daphne = Daphne(project, port, settings, log, runserver)
         started.append(daphne)
         return daphne
 

@@ -33,6 +33,7 @@ def browser():
         "--disable-component-update",
         "--disable-sync",
         "--window-size=1200,900",
+        "--ignore-certificate-errors",  # the nginx test's self-signed certificate
     ]:
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
@@ -81,3 +82,75 @@ def test_without_redis_the_demo_form_publishes_live(project, start_daphne, brows
     item = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, selector))
     assert json.loads(item.find_element(By.CSS_SELECTOR, "pre.event-data").text) == {"msg": "from the form"}
     assert item.get_attribute("data-event-id") in browser.find_element(By.ID, "publish-result").text
+
+
+def feed_ids(browser) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    items = browser.find_elements(By.CSS_SELECTOR, '.feed[data-stream="notifications"] li.event')
+    return [item.get_attribute("data-event-id") for item in items]
+
+
+def state(browser) -> str:
+    from selenium.webdriver.common.by import By
+
+    return browser.find_element(By.ID, "state").text.strip().lower()
+
+
+def test_a_server_restart_shows_reconnecting_then_replays_what_was_missed(project, redis_server, start_daphne, browser):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    server = start_daphne(runserver=True, DJANGO_DEBUG="1")
+    browser.get(f"http://127.0.0.1:{server.port}/")
+    wait = WebDriverWait(browser, 30, poll_frequency=0.1)
+    wait.until(lambda d: state(d) == "open")
+    before = send_event(project, redis_server.url, "notifications", "notification", {"n": "before"})
+    wait.until(lambda d: before in feed_ids(d))
+    server.stop()
+    wait.until(lambda d: state(d) == "reconnecting")
+    during = send_event(project, redis_server.url, "notifications", "notification", {"n": "during the outage"})
+    start_daphne(runserver=True, port=server.port, DJANGO_DEBUG="1")
+    wait.until(lambda d: during in feed_ids(d))
+    assert state(browser) == "open"
+    assert sorted(feed_ids(browser)) == sorted([before, during]), "replayed once, nothing lost"
+
+
+def test_behind_nginx_a_502_is_retried_until_the_servers_are_back(project, redis_server, browser, tmp_path):
+    """EventSource gives up on a 502; the demo's client probes, backs off and recovers."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.conftest import Daphne, Project, bake, free_port
+    from tests.test_deploy import Nginx, port_free
+
+    first = free_port()
+    while not (port_free(first) and port_free(first + 1)):
+        first = free_port()
+    path = bake(tmp_path / "bake", sse_mode=project.mode, project_name="Behind Nginx", daphne_port=str(first))
+    baked = Project(path, project.mode, project.venv)
+    baked.manage("collectstatic", "--noinput", "-v0")
+    env = baked.env(REDIS_URL=redis_server.url, DJANGO_SECURE_SSL_REDIRECT="1", DJANGO_DEBUG="1")
+    ports = (first, first + 1)
+    daphnes = [Daphne(baked, port, env, tmp_path / f"d{port}.log") for port in ports]
+    site = (path / "deploy" / "nginx" / f"{path.name}.conf").read_text().replace(f"/srv/{path.name}/app/", f"{path}/")
+    (tmp_path / "nginx").mkdir()
+    nginx = Nginx(site, tmp_path / "nginx")
+    try:
+        browser.get(f"https://127.0.0.1:{nginx.https}/")
+        wait = WebDriverWait(browser, 60, poll_frequency=0.1)
+        wait.until(lambda d: state(d) == "open")
+        seen = send_event(baked, redis_server.url, "notifications", "notification", {"n": "before"})
+        wait.until(lambda d: seen in feed_ids(d))  # the page now has a last id to resume from
+        for daphne in daphnes:
+            daphne.stop()
+        access_log = tmp_path / "nginx" / "access.log"
+        wait.until(lambda d: "/sse/notifications/" in access_log.read_text() and '" 502 ' in access_log.read_text())
+        wait.until(lambda d: state(d) == "reconnecting")  # EventSource alone would have given up
+        missed = send_event(baked, redis_server.url, "notifications", "notification", {"n": "while down"})
+        daphnes = [Daphne(baked, port, env, tmp_path / f"d{port}-again.log") for port in ports]
+        wait.until(lambda d: missed in feed_ids(d))
+        assert state(browser) == "open"
+        assert sorted(feed_ids(browser)) == sorted([seen, missed])
+    finally:
+        nginx.stop()
+        for daphne in daphnes:
+            daphne.stop()
