@@ -154,3 +154,26 @@ def test_behind_nginx_a_502_is_retried_until_the_servers_are_back(project, redis
         nginx.stop()
         for daphne in daphnes:
             daphne.stop()
+
+
+def test_the_js_client_stops_and_says_why_on_403_and_404(project, start_daphne, browser):
+    server = start_daphne(runserver=True, DJANGO_DEBUG="1", REDIS_URL="", SSE_PUBLIC_STREAMS="notifications,chat")
+    browser.get(f"http://127.0.0.1:{server.port}/")
+    browser.set_script_timeout(30)
+    outcome = browser.execute_async_script(
+        """
+        const done = arguments[arguments.length - 1];
+        const { SSEClient } = await import('/static/demo/sse-client.js');
+        const results = {};
+        for (const url of ['/sse/user.999/', '/sse/bad%20name/']) {
+          results[url] = await new Promise((resolve) => {
+            new SSEClient(url, { onStateChange(state, detail) {
+              if (state === 'closed') resolve({ status: detail.status, reason: detail.reason });
+            } });
+          });
+        }
+        done(results);
+        """
+    )
+    assert outcome["/sse/user.999/"]["status"] == 403 and outcome["/sse/user.999/"]["reason"]
+    assert outcome["/sse/bad%20name/"]["status"] == 404 and outcome["/sse/bad%20name/"]["reason"]
