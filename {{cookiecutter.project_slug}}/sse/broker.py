@@ -11,11 +11,13 @@ log order even with concurrent publishers, and every client sees one order.
 """
 
 import asyncio
+import itertools
 import logging
 import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -44,6 +46,8 @@ from sse.encoding import (
 log = logging.getLogger("sse")
 
 Entry = tuple[str, str, str]  # id, event name, data as JSON text
+REPLAY_PAGE = 500  # entries per Redis round trip, at most
+SENTINEL_KWARGS = {"socket_timeout": 5.0}  # how long to wait for a Sentinel to answer
 ZERO: EventKey = (0, 0, 0)
 
 # ARGV: maxlen, event, data, key TTL (s), max age (ms). Age trimming is exact, so that
@@ -284,6 +288,27 @@ class Broker:
     async def alast_id(self, stream: str) -> str | None:
         raise NotImplementedError
 
+    async def pages(self, stream: str, after: str) -> AsyncIterator[list[Entry] | None]:
+        """Every entry after ``after``, in order, in pages of about 256 KB.
+
+        Yields None (and stops) when ``after``, or a later page's start, is no
+        longer in the log. Small events come in few round trips, large ones
+        without a memory spike.
+        """
+        cursor, count = after, 10
+        while True:
+            entries = await self.areplay(stream, cursor, count)
+            if entries is None:
+                yield None
+                return
+            if entries:
+                yield entries
+            if len(entries) < count:
+                return
+            cursor = entries[-1][0]
+            size = sum(len(data) for _id, _event, data in entries)
+            count = max(1, min(REPLAY_PAGE, count * 262_144 // max(size, 1)))
+
     def feed(self, hub: Hub) -> Feed:
         raise NotImplementedError
 
@@ -306,11 +331,11 @@ class MemoryBroker(Broker):
             ms = max(int(time.time() * 1000), self._last[0])
             self._last = (ms, self._last[1] + 1 if ms == self._last[0] else 0)
             id = f"{self._last[0]}-{self._last[1]}"
-            log = self._logs.setdefault(stream, deque(maxlen=setting("SSE_MAXLEN", 10_000)))
-            log.append((id, event, payload))
+            entries = self._logs.setdefault(stream, deque(maxlen=setting("SSE_MAXLEN", 10_000)))
+            entries.append((id, event, payload))
             max_age_ms = setting("SSE_MAX_AGE", 86_400) * 1000
-            while max_age_ms > 0 and int(log[0][0].split("-")[0]) < ms - max_age_ms:
-                log.popleft()
+            while max_age_ms > 0 and parse_id(entries[0][0])[0] < ms - max_age_ms:
+                entries.popleft()
             # Always through the loop's queue, under the lock: deliveries keep id order
             # whichever thread publishes.
             for hub in list(self.hubs):
@@ -326,11 +351,11 @@ class MemoryBroker(Broker):
     async def areplay(self, stream: str, after: str, count: int) -> list[Entry] | None:
         ms, seq, _ = parse_id(after)
         base = f"{ms}-{seq}"
-        with self._lock:
-            entries = list(self._logs.get(stream, ()))
-        for index, (id, _event, _data) in enumerate(entries):
-            if id == base:
-                return entries[index + 1 : index + 1 + count]
+        with self._lock:  # no copy of the whole log for each page
+            entries = self._logs.get(stream, ())
+            for index, (id, _event, _data) in enumerate(entries):
+                if id == base:
+                    return list(itertools.islice(entries, index + 1, index + 1 + count))
         return None
 
     async def alast_id(self, stream: str) -> str | None:
@@ -388,7 +413,7 @@ class RedisBroker(Broker):
         with self._sync_lock:
             if self._sync is None:
                 if self.sentinels:
-                    sentinel = redis.sentinel.Sentinel(self.sentinels, sentinel_kwargs={"socket_timeout": 5.0})
+                    sentinel = redis.sentinel.Sentinel(self.sentinels, sentinel_kwargs=SENTINEL_KWARGS)
                     self._sync = sentinel.master_for(self.master, **self._sentinel_options())
                 else:
                     self._sync = redis.Redis.from_url(self.url, **self.options)
@@ -406,7 +431,7 @@ class RedisBroker(Broker):
 
     def new_aclient(self, **extra: Any) -> aredis.Redis:
         if self.sentinels:
-            sentinel = aredis.sentinel.Sentinel(self.sentinels, sentinel_kwargs={"socket_timeout": 5.0})
+            sentinel = aredis.sentinel.Sentinel(self.sentinels, sentinel_kwargs=SENTINEL_KWARGS)
             extra.pop("timeout", None)  # the Sentinel pool does not block
             return sentinel.master_for(self.master, **self._sentinel_options(**extra))
         if "max_connections" in extra:
@@ -593,8 +618,7 @@ class RedisFeed:
             last = self.hub.last.get(stream or "")
             if stream is None or last is None:
                 continue
-            while True:
-                entries = await self.broker.areplay(stream, format_id((*last[:2], 0)), 500)
+            async for entries in self.broker.pages(stream, format_id(last)):
                 if entries is None:
                     # The log moved past us: end these connections so that each client
                     # reconnects and is told (reset event) instead of silently missing events.
@@ -604,9 +628,6 @@ class RedisFeed:
                     break
                 for id, event, data in entries:
                     self.hub.deliver(stream, id, event, data)
-                if len(entries) < 500:
-                    break
-                last = parse_id(entries[-1][0])
 
 
 _broker: Broker | None = None

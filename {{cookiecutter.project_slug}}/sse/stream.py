@@ -23,8 +23,6 @@ from sse.encoding import (
     validate_stream,
 )
 
-REPLAY_PAGE = 500  # entries per Redis round trip, at most
-
 
 def plain(status: int, message: str, **headers: str) -> HttpResponse:
     response = HttpResponse(message + "\n", status=status, content_type="text/plain; charset=utf-8")
@@ -99,10 +97,8 @@ class Connection:
             self.close()
 
     async def replay(self) -> AsyncIterator[tuple[bytes, EventKey]]:
-        stream, broker = self.sub.stream, self.hub.broker
-        cursor, first, count = self.last_id, True, 10
-        while True:
-            entries = await broker.areplay(stream, cursor, count)
+        first = True
+        async for entries in self.hub.broker.pages(self.sub.stream, self.last_id):
             if entries is None and first:
                 yield await self.reset()
                 return
@@ -111,20 +107,17 @@ class Connection:
                 # with the id it has and gets a reset event.
                 self.sub.close()
                 return
+            first = False
             batch: list[bytes] = []
+            size = 0
             for index, (id, event, data) in enumerate(entries):
-                batch.append(encode(id=id, event=event, data=data))
+                frame = encode(id=id, event=event, data=data)
+                batch.append(frame)
+                size += len(frame)
                 # Writes of about 64 KB: a backlog never lands in memory as one block.
-                if sum(map(len, batch)) >= 65_536 or index == len(entries) - 1:
+                if size >= 65_536 or index == len(entries) - 1:
                     yield b"".join(batch), parse_id(id)
-                    batch = []
-            if len(entries) < count:
-                return
-            cursor, first = entries[-1][0], False
-            # Pages of about 256 KB: small events in few round trips, large ones
-            # without a memory spike.
-            size = sum(len(data) for _id, _event, data in entries)
-            count = max(1, min(REPLAY_PAGE, count * 262_144 // max(size, 1)))
+                    batch, size = [], 0
 
     async def reset(self) -> tuple[bytes, EventKey]:
         """The documented event for an id the log no longer (or never) had."""
