@@ -119,21 +119,14 @@ def test_behind_nginx_a_502_is_retried_until_the_servers_are_back(project, redis
     """EventSource gives up on a 502; the demo's client probes, backs off and recovers."""
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from tests.conftest import Daphne, Project, bake, free_port
-    from tests.test_deploy import Nginx, port_free
+    from tests.conftest import Daphne, Project, bake
+    from tests.test_deploy import free_port_pair, serve_behind_nginx
 
-    first = free_port()
-    while not (port_free(first) and port_free(first + 1)):
-        first = free_port()
+    first = free_port_pair()
     path = bake(tmp_path / "bake", sse_mode=project.mode, project_name="Behind Nginx", daphne_port=str(first))
     baked = Project(path, project.mode, project.venv)
-    baked.manage("collectstatic", "--noinput", "-v0")
-    env = baked.env(REDIS_URL=redis_server.url, DJANGO_SECURE_SSL_REDIRECT="1", DJANGO_DEBUG="1")
-    ports = (first, first + 1)
-    daphnes = [Daphne(baked, port, env, tmp_path / f"d{port}.log") for port in ports]
-    site = (path / "deploy" / "nginx" / f"{path.name}.conf").read_text().replace(f"/srv/{path.name}/app/", f"{path}/")
-    (tmp_path / "nginx").mkdir()
-    nginx = Nginx(site, tmp_path / "nginx")
+    daphnes, nginx, env = serve_behind_nginx(baked, redis_server.url, tmp_path, DJANGO_DEBUG="1")
+    ports = [daphne.port for daphne in daphnes]
     try:
         browser.get(f"https://127.0.0.1:{nginx.https}/")
         wait = WebDriverWait(browser, 60, poll_frequency=0.1)

@@ -219,19 +219,21 @@ def port_free(port: int) -> bool:
         return True
 
 
-@pytest.fixture(params=SOCKETS)
-def behind_nginx(request, baked, redis_server, tmp_path):
-    """Two Daphne instances where the generated files put them, and nginx in front."""
-    if request.param == "unix":
-        project = baked(daphne_socket="unix")
-    else:
+def free_port_pair() -> int:
+    """A port that is free, and the next one too: for two TCP instances."""
+    first = free_port()
+    while not (port_free(first) and port_free(first + 1)):
         first = free_port()
-        while not (port_free(first) and port_free(first + 1)):
-            first = free_port()
-        project = baked(daphne_port=str(first))
+    return first
+
+
+def serve_behind_nginx(
+    project: Project, redis_url: str, tmp_path: Path, **env: str
+) -> tuple[list[Daphne], Nginx, dict[str, str]]:
+    """The generated site under nginx, in front of Daphne instances where the site expects them."""
     slug = project.path.name
     project.manage("collectstatic", "--noinput", "-v0")
-    env = project.env(REDIS_URL=redis_server.url, DJANGO_SECURE_SSL_REDIRECT="1")
+    settings = project.env(REDIS_URL=redis_url, DJANGO_SECURE_SSL_REDIRECT="1", **env)
     site = site_file(project).replace(f"/srv/{slug}/app/", f"{project.path}/")  # the documented install folder
     daphnes = []
     for n, upstream in enumerate(re.findall(r"^\s*server (\S+) max_fails", site, re.M), start=1):
@@ -240,11 +242,21 @@ def behind_nginx(request, baked, redis_server, tmp_path):
             sock = tmp_path / "run" / slug / str(n) / "daphne.sock"
             sock.parent.mkdir(parents=True)
             site = site.replace(upstream, f"unix:{sock}")
-            daphnes.append(Daphne(project, None, env, log, unix=sock))
+            daphnes.append(Daphne(project, None, settings, log, unix=sock))
         else:
-            daphnes.append(Daphne(project, int(upstream.rsplit(":", 1)[1]), env, log))
+            daphnes.append(Daphne(project, int(upstream.rsplit(":", 1)[1]), settings, log))
     (tmp_path / "nginx").mkdir()
-    nginx = Nginx(site, tmp_path / "nginx")
+    return daphnes, Nginx(site, tmp_path / "nginx"), settings
+
+
+@pytest.fixture(params=SOCKETS)
+def behind_nginx(request, baked, redis_server, tmp_path):
+    """Two Daphne instances where the generated files put them, and nginx in front."""
+    if request.param == "unix":
+        project = baked(daphne_socket="unix")
+    else:
+        project = baked(daphne_port=str(free_port_pair()))
+    daphnes, nginx, _env = serve_behind_nginx(project, redis_server.url, tmp_path)
     yield project, daphnes, nginx
     nginx.stop()
     for daphne in daphnes:
