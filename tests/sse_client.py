@@ -9,11 +9,14 @@ server sent.
 from __future__ import annotations
 
 import codecs
+import re
 import socket
 import ssl
 import threading
 import time
 from dataclasses import dataclass, field
+
+LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 @dataclass
@@ -44,22 +47,15 @@ class SSEParser:
             text = text.removeprefix("\ufeff")
             self.first = False
         self.buffer += text
+        start = 0
         while True:
             # A line ends at CRLF, LF or CR; a CR at the very end may be half a CRLF.
-            cut = -1
-            for index, char in enumerate(self.buffer):
-                if char == "\n":
-                    cut, skip = index, 1
-                    break
-                if char == "\r":
-                    if index + 1 == len(self.buffer):
-                        break
-                    cut, skip = index, 2 if self.buffer[index + 1] == "\n" else 1
-                    break
-            if cut < 0:
+            end = LINE_END.search(self.buffer, start)
+            if end is None or (end.group() == "\r" and end.end() == len(self.buffer)):
+                self.buffer = self.buffer[start:]
                 return
-            line, self.buffer = self.buffer[:cut], self.buffer[cut + skip :]
-            self.line(line)
+            self.line(self.buffer[start : end.start()])
+            start = end.end()
 
     def line(self, line: str) -> None:
         if line == "":
@@ -106,6 +102,7 @@ class SSEConnection:
     unix: str | None = None  # connect to this unix socket instead of host:port
 
     def __post_init__(self) -> None:
+        self.body = bytearray(self.body)  # appends in place: streams of many MB stay linear
         self.parser = SSEParser()
         self.cond = threading.Condition()
         self.arrivals: list[float] = []  # wall-clock time each event was parsed

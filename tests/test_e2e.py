@@ -443,7 +443,9 @@ class Reconnecting:
             self.conn.wait(lambda c: c.closed, 0.2)
             if self.stopped or not self.conn.closed:
                 continue
-            self.events += self.conn.events
+            if not getattr(self.conn, "counted", False):  # not again after a failed reconnect
+                self.conn.counted = True  # first: a reader at this moment undercounts, never twice
+                self.events += self.conn.events
             last = self.conn.parser.last_event_id
             index = (index + 1) % len(self.ports)
             self.reconnects += 1
@@ -456,7 +458,8 @@ class Reconnecting:
                 self.conn.closed = True  # that instance is down too: try the next one
 
     def all_events(self) -> list:
-        return self.events + self.conn.events
+        conn = self.conn  # while reconnecting, the old one: counted already
+        return self.events + ([] if getattr(conn, "counted", False) else conn.events)
 
     def stop(self) -> None:
         self.stopped = True
@@ -580,6 +583,36 @@ def test_a_client_that_stops_reading_is_closed_and_memory_stays_bounded(project,
     assert [e.id for e in again.events] == missed
     again.close()
     reader.stop()
+
+
+SMALL_FLOOD_SCRIPT = FLOOD_SCRIPT.replace("100_000", "10_000")
+
+
+def test_clients_that_keep_up_are_written_directly_and_a_stalled_one_is_not(project, redis_server, start_daphne):
+    """Daphne's fast path: the hub writes live frames straight to each socket. A client
+    that stops reading leaves it (and is closed at its bounds); the others keep it."""
+    import socket
+
+    daphne = start_daphne(SSE_MAX_BUFFER="65536")
+    readers = [connect(daphne, "direct") for _ in range(5)]
+    stalled = socket.create_connection(("127.0.0.1", daphne.port))
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.sendall(b"GET /sse/direct/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    stalled.recv(1)  # the response has started; from here it reads nothing
+    deadline = time.monotonic() + 10
+    while health(daphne)["direct"] < 6 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert health(daphne)["direct"] == 6, "every new stream starts on the fast path"
+    # 6 MB: more than the kernel's send buffer (up to 4 MB) and SSE_MAX_BUFFER take.
+    project.run("-c", SMALL_FLOOD_SCRIPT, "direct", "600", env=project.env(REDIS_URL=redis_server.url))
+    for reader in readers:
+        reader.wait_events(600, timeout=60)
+        assert [json.loads(e.data)["i"] for e in reader.events] == list(range(600))
+    state = health(daphne)
+    assert state["direct"] == 5, state
+    stalled.close()
+    for reader in readers:
+        reader.close()
 
 
 def health(daphne) -> dict:

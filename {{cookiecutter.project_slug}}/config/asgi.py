@@ -53,11 +53,15 @@ class Handler(ASGIHandler):
             # On shutdown Daphne cancels the application; Django's handle() is not
             # written for that and would orphan its tasks. A disconnect it does handle.
             message, stop = asyncio.ensure_future(receive()), asyncio.ensure_future(stopping.wait())
-            await asyncio.wait({message, stop}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (message, stop):
-                task.cancel()
+            try:
+                await asyncio.wait({message, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # also when Django cancels us: a pending task left behind logs an error
+                for task in (message, stop):
+                    task.cancel()
             return message.result() if message.done() and not message.cancelled() else {"type": "http.disconnect"}
 
+        # Daphne's own send goes in the scope too, for sse.backpressure.direct_writer.
+        scope = {**scope, "sse.send": send}
         handler = asyncio.ensure_future(self.handle(scope, receive_or_stop, guard(send)))
         try:
             await asyncio.shield(handler)

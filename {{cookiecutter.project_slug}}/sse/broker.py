@@ -17,7 +17,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -91,9 +91,12 @@ class Subscription:
     Bounded in events (``SSE_QUEUE_SIZE``) and bytes (``SSE_MAX_BUFFER``): a client
     further behind than that is closed instead of buffered without end. It
     reconnects with its Last-Event-ID and replay fills the gap.
+
+    With a ``write`` (set by the connection when its queue is empty), frames skip
+    the queue and go straight to the client, until it falls behind.
     """
 
-    __slots__ = ("__weakref__", "bytes", "dropped", "max_bytes", "queue", "stream")
+    __slots__ = ("__weakref__", "bytes", "dropped", "max_bytes", "queue", "stream", "write")
 
     def __init__(self, stream: str, maxsize: int, max_bytes: int) -> None:
         self.stream = stream
@@ -101,9 +104,14 @@ class Subscription:
         self.dropped = False
         self.bytes = 0
         self.max_bytes = max_bytes or float("inf")
+        self.write: Callable[[bytes], bool] | None = None
 
     def push(self, item: tuple[EventKey, bytes]) -> None:
         if self.dropped:
+            return
+        if self.write is not None:
+            if not self.write(item[1]):
+                self.write = None  # behind: what follows waits in the queue, with its bounds
             return
         size = len(item[1])
         # One frame always fits, however large: only a backlog closes the client.

@@ -53,7 +53,8 @@ class SSEConsumer(AsyncHttpConsumer):
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         try:
-            await super().__call__(scope, receive, guard(send))
+            # Daphne's own send, for sse.backpressure.direct_writer.
+            await super().__call__({**scope, "sse.send": send}, receive, guard(send))
         finally:
             # On shutdown Daphne cancels the consumer, not its tasks.
             if self.task is not None:

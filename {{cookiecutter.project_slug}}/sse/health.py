@@ -19,6 +19,8 @@ async def health(request: HttpRequest) -> JsonResponse:
         "redis": None,
         "streams": hub.open,  # open streams in this process
         "stream_names": sum(1 for subs in hub.subscribers.values() if subs),
+        # Streams the hub writes straight to the socket (Daphne, client keeping up).
+        "direct": sum(1 for subs in hub.subscribers.values() for sub in subs if sub.write is not None),
         "tasks": len(asyncio.all_tasks()),
     }
     if isinstance(broker, RedisBroker):

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from sse.auth import authorize
+from sse.backpressure import Writer, direct_writer
 from sse.broker import ZERO, BrokerUnavailable, Hub, Subscription, get_hub, setting
 from sse.encoding import (
     RESET_EVENT,
@@ -61,7 +62,8 @@ async def stream_response(request: HttpRequest, stream: str) -> HttpResponse:
         sub = await hub.subscribe(stream)
     except BrokerUnavailable:
         return plain(503, "event broker unavailable, retry shortly", Retry_After="5")
-    connection = Connection(hub, sub, last_id)
+    # The transports put Daphne's ASGI send in the scope: live events then skip ASGI.
+    connection = Connection(hub, sub, last_id, direct_writer(getattr(request, "scope", {}).get("sse.send")))
     response = StreamingHttpResponse(connection.frames(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     # nginx must not buffer the stream, whatever its proxy_buffering says.
@@ -71,10 +73,11 @@ async def stream_response(request: HttpRequest, stream: str) -> HttpResponse:
 
 
 class Connection:
-    def __init__(self, hub: Hub, sub: Subscription, last_id: str | None) -> None:
+    def __init__(self, hub: Hub, sub: Subscription, last_id: str | None, writer: Writer | None = None) -> None:
         self.hub = hub
         self.sub = sub
         self.last_id = last_id
+        self.writer = writer
 
     def close(self) -> None:
         self.hub.unsubscribe(self.sub)
@@ -133,6 +136,9 @@ class Connection:
         heartbeat = setting("SSE_HEARTBEAT", 15.0)
         ping = encode(comment="ping")
         while True:
+            if sub.write is None and sub.queue.empty():
+                # Everything before is written: the hub may write the next frames itself.
+                sub.write = self.writer
             try:
                 async with asyncio.timeout(heartbeat):
                     item = await sub.get()

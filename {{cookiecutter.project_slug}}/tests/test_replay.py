@@ -8,8 +8,8 @@ from django.test import RequestFactory
 
 from sse import apublish
 from sse.broker import get_hub
-from sse.stream import stream_response
-from tests.conftest import data_events, read_until
+from sse.stream import Connection, stream_response
+from tests.conftest import data_events, parse, read_until
 
 rf = RequestFactory()
 
@@ -181,3 +181,44 @@ async def test_long_replays_page_through_the_log(backend, stream):
     chunks = await open_stream(stream, HTTP_LAST_EVENT_ID=ids[0])
     events = await read_until(chunks, lambda ev: len(data_events(ev)) >= 299)
     assert [e["id"] for e in data_events(events)] == ids[1:]
+
+
+async def test_live_frames_skip_the_queue_until_the_client_falls_behind(backend, stream):
+    """The fast path (Daphne): the hub writes each frame itself; a client that falls
+    behind gets the next ones from its queue, then returns to the fast path. One
+    byte stream, as on the socket: every event once, in order."""
+    wire: list[bytes] = []
+    direct = 0
+
+    def write(frame: bytes) -> bool:
+        nonlocal direct
+        wire.append(frame)
+        direct += 1
+        return direct % 4 != 0  # every fourth write: "the client is behind"
+
+    hub = get_hub()
+    connection = Connection(hub, await hub.subscribe(stream), None, write)
+    frames = connection.frames()
+    wire.append(await anext(frames))  # the retry line
+
+    async def pump() -> None:  # what the transport does with what the connection yields
+        async for chunk in frames:
+            wire.append(chunk)
+
+    task = asyncio.create_task(pump())
+    ids = []
+    for i in range(40):
+        ids.append(await apublish(stream, "n", i))
+        if i % 3 == 0:
+            await asyncio.sleep(0.01)  # sometimes the reader runs in between, sometimes not
+    for _ in range(500):  # up to 5 s for the last deliveries
+        events = data_events(parse(b"".join(wire).decode()))
+        if len(events) >= 40:
+            break
+        await asyncio.sleep(0.01)
+    assert [e["id"] for e in events] == ids
+    assert 10 <= direct < 40, "both paths were taken"
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    connection.close()
