@@ -8,7 +8,6 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_application = get_asgi_application()  # sets Django up before the imports below
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
@@ -18,7 +17,7 @@ application = ProtocolTypeRouter(
     {
         "http": URLRouter(
             [
-                re_path(r"^sse/(?P<stream>.*)/$", AuthMiddlewareStack(SSEConsumer.as_asgi())),
+                re_path(r"^sse/(?P<stream>.*)/$", SSEConsumer.as_asgi()),
                 re_path(r"", django_application),
             ]
         ),
@@ -47,26 +46,26 @@ class Handler(ASGIHandler):
         # own thread for sync middleware until the request ends. A stream lasts
         # hours: 2,000 streams would hold 2,000 idle threads. Without the context
         # the same middleware runs on one shared thread.
-        stopping = asyncio.Event()
+        # A plain future, not an Event and a task per receive: this lives as long
+        # as the stream, and there may be 10,000 of those.
+        stopping = asyncio.get_running_loop().create_future()
 
         async def receive_or_stop() -> dict:
             # On shutdown Daphne cancels the application; Django's handle() is not
             # written for that and would orphan its tasks. A disconnect it does handle.
-            message, stop = asyncio.ensure_future(receive()), asyncio.ensure_future(stopping.wait())
+            message = asyncio.ensure_future(receive())
             try:
-                await asyncio.wait({message, stop}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({message, stopping}, return_when=asyncio.FIRST_COMPLETED)
             finally:  # also when Django cancels us: a pending task left behind logs an error
-                for task in (message, stop):
-                    task.cancel()
+                message.cancel()
             return message.result() if message.done() and not message.cancelled() else {"type": "http.disconnect"}
 
-        # Daphne's own send goes in the scope too, for sse.backpressure.direct_writer.
-        scope = {**scope, "sse.send": send}
+        scope["sse.send"] = send  # Daphne's own, for sse.backpressure.direct_writer
         handler = asyncio.ensure_future(self.handle(scope, receive_or_stop, guard(send)))
         try:
             await asyncio.shield(handler)
         except asyncio.CancelledError:
-            stopping.set()
+            stopping.set_result(None)
             await asyncio.wait({handler}, timeout=5)
             raise
 

@@ -49,6 +49,7 @@ Entry = tuple[str, str, str]  # id, event name, data as JSON text
 REPLAY_PAGE = 500  # entries per Redis round trip, at most
 SENTINEL_KWARGS = {"socket_timeout": 5.0}  # how long to wait for a Sentinel to answer
 ZERO: EventKey = (0, 0, 0)
+PING = encode(comment="ping")
 
 # ARGV: maxlen, event, data, key TTL (s), max age (ms). Age trimming is exact, so that
 # an entry past SSE_MAX_AGE is never replayed; length trimming removes whole nodes.
@@ -86,7 +87,7 @@ def prepare(stream: str, event: str, data: Any) -> tuple[str, str, str]:
 
 
 class Subscription:
-    """One connection's queue of ``(key, frame)``; ``None`` ends the connection.
+    """One connection's queue of ``(key, frame)``, and whether it has been closed.
 
     Bounded in events (``SSE_QUEUE_SIZE``) and bytes (``SSE_MAX_BUFFER``): a client
     further behind than that is closed instead of buffered without end. It
@@ -94,16 +95,33 @@ class Subscription:
 
     With a ``write`` (set by the connection when its queue is empty), frames skip
     the queue and go straight to the client, until it falls behind.
+
+    A list and one future rather than an ``asyncio.Queue``: a queue holds four
+    deques (about 2.5 KB), and there is one of these per open stream.
     """
 
-    __slots__ = ("__weakref__", "bytes", "dropped", "max_bytes", "queue", "stream", "write")
+    __slots__ = (
+        "__weakref__",
+        "bytes",
+        "dropped",
+        "items",
+        "max_bytes",
+        "max_items",
+        "pinged",
+        "stream",
+        "waiter",
+        "write",
+    )
 
-    def __init__(self, stream: str, maxsize: int, max_bytes: int) -> None:
+    def __init__(self, stream: str, max_items: int, max_bytes: int) -> None:
         self.stream = stream
-        self.queue: asyncio.Queue[tuple[EventKey, bytes] | None] = asyncio.Queue(maxsize)
-        self.dropped = False
-        self.bytes = 0
+        self.items: list[tuple[EventKey, bytes]] = []
+        self.max_items = max_items or float("inf")
         self.max_bytes = max_bytes or float("inf")
+        self.bytes = 0
+        self.dropped = False
+        self.pinged = False
+        self.waiter: asyncio.Future[None] | None = None
         self.write: Callable[[bytes], bool] | None = None
 
     def push(self, item: tuple[EventKey, bytes]) -> None:
@@ -115,37 +133,52 @@ class Subscription:
             return
         size = len(item[1])
         # One frame always fits, however large: only a backlog closes the client.
-        if self.queue.full() or (self.bytes and self.bytes + size > self.max_bytes):
+        if len(self.items) >= self.max_items or (self.bytes and self.bytes + size > self.max_bytes):
             log.info(
                 "sse: closing a slow client of %s (%d events, %d bytes queued)",
                 self.stream,
-                self.queue.qsize(),
+                len(self.items),
                 self.bytes,
             )
             self.close()
             return
         self.bytes += size
-        self.queue.put_nowait(item)
+        self.items.append(item)
+        self._wake()
 
-    async def get(self) -> tuple[EventKey, bytes] | None:
-        return self._taken(await self.queue.get())
+    def ping(self) -> None:
+        """A heartbeat: written at once on the fast path, else the reader sends one."""
+        if self.write is not None:
+            if not self.write(PING):
+                self.write = None
+        elif not self.dropped:
+            self.pinged = True
+            self._wake()
 
-    def get_nowait(self) -> tuple[EventKey, bytes] | bool | None:
-        """The next item if one is queued, else False."""
-        return self._taken(self.queue.get_nowait()) if not self.queue.empty() else False
+    async def wait(self) -> None:
+        """Until something is queued, a heartbeat is due, or the subscription is closed."""
+        if self.items or self.dropped or self.pinged:
+            return
+        self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
 
-    def _taken(self, item: tuple[EventKey, bytes] | None) -> tuple[EventKey, bytes] | None:
-        if item is not None:
-            self.bytes -= len(item[1])
-        return item
+    def take(self) -> list[tuple[EventKey, bytes]]:
+        """Everything queued, oldest first."""
+        items, self.items, self.bytes = self.items, [], 0
+        return items
 
     def close(self) -> None:
         """End the connection after what it has been sent; the client reconnects."""
         self.dropped = True
-        while not self.queue.empty():
-            self.queue.get_nowait()
-        self.bytes = 0
-        self.queue.put_nowait(None)
+        self.items, self.bytes = [], 0
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
 
 class Feed(Protocol):
@@ -167,6 +200,8 @@ class Hub:
         self._ready: dict[str, asyncio.Future[None]] = {}
         self._idle: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # One timer for every stream's heartbeat, not one per stream.
+        self._heartbeat: asyncio.TimerHandle | None = None
         self.open = 0  # subscriptions (open streams) in this process
         extra = [import_string(path)(self) for path in setting("SSE_FEEDS", [])]
         self.feeds: list[Feed] = [broker.feed(self), *extra]
@@ -177,6 +212,8 @@ class Hub:
         # while we wait, and replay runs after this returns.
         self.subscribers.setdefault(stream, set()).add(sub)
         self.open += 1
+        if self._heartbeat is None:
+            self._beat(first=True)
         if handle := self._idle.pop(stream, None):
             handle.cancel()
         try:
@@ -220,6 +257,13 @@ class Hub:
         for sub in tuple(self.subscribers.get(stream, ())):
             sub.push((key, frame))
 
+    def _beat(self, first: bool = False) -> None:
+        if not first:
+            for subs in self.subscribers.values():
+                for sub in subs:
+                    sub.ping()
+        self._heartbeat = self.loop.call_later(setting("SSE_HEARTBEAT", 15.0), self._beat)
+
     async def _start(self, stream: str) -> None:
         try:
             for feed in self.feeds:
@@ -248,8 +292,9 @@ class Hub:
                 log.warning("sse: could not unwatch %s", stream, exc_info=True)
 
     async def aclose(self) -> None:
-        for handle in self._idle.values():
-            handle.cancel()
+        for handle in [*self._idle.values(), self._heartbeat]:
+            if handle is not None:
+                handle.cancel()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

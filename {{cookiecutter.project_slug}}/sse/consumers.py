@@ -2,9 +2,11 @@
 
 Routed before Django, a consumer skips Django's middleware, so this one applies
 what a view would get: ``ALLOWED_HOSTS`` validation, ``SecurityMiddleware``
-(HTTPS redirect, security headers) and the session user from
-``AuthMiddlewareStack``. The response itself comes from the same code as in
-async_view mode.
+(HTTPS redirect, security headers), and the session user from Django's own
+session and authentication middleware. Those are lazy: a public stream never
+reads the session store. (Channels' ``AuthMiddlewareStack`` would load both for
+every connection and keep three wrappers and scope copies alive per stream.)
+The response itself comes from the same code as in async_view mode.
 """
 
 import asyncio
@@ -12,13 +14,19 @@ from io import BytesIO
 from typing import Any
 
 from channels.generic.http import AsyncHttpConsumer
+from django.contrib.auth.middleware import AuthenticationMiddleware
+from django.contrib.sessions.middleware import SessionMiddleware
 from django.core.exceptions import DisallowedHost
 from django.core.handlers.asgi import ASGIRequest
-from django.http import HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.middleware.security import SecurityMiddleware
 
 from sse.backpressure import guard
 from sse.stream import plain, stream_response
+
+
+def no_response(request: HttpRequest) -> HttpResponse:
+    return HttpResponse()  # the middleware above only process requests; nothing to wrap
 
 
 class SSEConsumer(AsyncHttpConsumer):
@@ -33,9 +41,9 @@ class SSEConsumer(AsyncHttpConsumer):
         if message.get("more_body"):
             return
         request = ASGIRequest(self.scope, BytesIO())
-        request.user = self.scope.get("user")
-        request.session = self.scope.get("session")
-        security = SecurityMiddleware(lambda request: HttpResponse())  # reads settings now
+        SessionMiddleware(no_response).process_request(request)
+        AuthenticationMiddleware(no_response).process_request(request)
+        security = SecurityMiddleware(no_response)  # reads settings now
         try:
             request.get_host()
         except DisallowedHost:
@@ -53,8 +61,8 @@ class SSEConsumer(AsyncHttpConsumer):
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         try:
-            # Daphne's own send, for sse.backpressure.direct_writer.
-            await super().__call__({**scope, "sse.send": send}, receive, guard(send))
+            scope["sse.send"] = send  # Daphne's own, for sse.backpressure.direct_writer
+            await super().__call__(scope, receive, guard(send))
         finally:
             # On shutdown Daphne cancels the consumer, not its tasks.
             if self.task is not None:
@@ -67,6 +75,15 @@ class SSEConsumer(AsyncHttpConsumer):
             await self.send_body(b"")  # the server ended it (slow client): clean close
         finally:
             response.close()
+
+    async def dispatch(self, message: dict) -> None:
+        if message["type"] == "http.disconnect":
+            # AsyncConsumer.dispatch would first hop to Django's one sync thread to
+            # close old database connections; this handler uses no database, and
+            # 10,000 clients leaving at once would queue there for seconds.
+            await self.http_disconnect(message)
+        else:
+            await super().dispatch(message)
 
     async def disconnect(self) -> None:
         if self.task is not None:

@@ -5,7 +5,6 @@ to live events first, replay from the log second, then pass on only the live
 events newer than the last one sent.
 """
 
-import asyncio
 import random
 from collections.abc import AsyncIterator
 
@@ -13,7 +12,15 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from sse.auth import authorize
 from sse.backpressure import Writer, direct_writer
-from sse.broker import ZERO, BrokerUnavailable, Hub, Subscription, get_hub, setting
+from sse.broker import (
+    PING,
+    ZERO,
+    BrokerUnavailable,
+    Hub,
+    Subscription,
+    get_hub,
+    setting,
+)
 from sse.encoding import (
     RESET_EVENT,
     EventKey,
@@ -73,6 +80,8 @@ async def stream_response(request: HttpRequest, stream: str) -> HttpResponse:
 
 
 class Connection:
+    __slots__ = ("hub", "last_id", "sub", "writer")  # one per open stream
+
     def __init__(self, hub: Hub, sub: Subscription, last_id: str | None, writer: Writer | None = None) -> None:
         self.hub = hub
         self.sub = sub
@@ -133,27 +142,20 @@ class Connection:
 
     async def live(self, sent: EventKey) -> AsyncIterator[bytes]:
         sub = self.sub
-        heartbeat = setting("SSE_HEARTBEAT", 15.0)
-        ping = encode(comment="ping")
         while True:
-            if sub.write is None and sub.queue.empty():
+            if sub.write is None and not sub.items and not sub.dropped:
                 # Everything before is written: the hub may write the next frames itself.
                 sub.write = self.writer
-            try:
-                async with asyncio.timeout(heartbeat):
-                    item = await sub.get()
-            except TimeoutError:
-                yield ping
-                continue
+            await sub.wait()
             chunks = []
-            while item:
-                key, frame = item
+            for key, frame in sub.take():  # all that is queued goes out in one write
                 if key > sent:
                     chunks.append(frame)
                     sent = key
-                # Whatever is already queued goes out in the same write.
-                item = sub.get_nowait()
+            if sub.pinged:  # the hub's heartbeat (SSE_HEARTBEAT)
+                sub.pinged = False
+                chunks = chunks or [PING]
             if chunks:
                 yield b"".join(chunks)
-            if item is None:
+            if sub.dropped:
                 return
