@@ -31,6 +31,7 @@ from django.utils.module_loading import import_string
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from sse import metrics
 from sse.encoding import (
     RESET_EVENT,
     EventKey,
@@ -114,6 +115,7 @@ class Subscription:
                 self.queue.qsize(),
                 self.bytes,
             )
+            metrics.SLOW_CLIENTS.inc()
             self.close()
             return
         self.bytes += size
@@ -209,6 +211,7 @@ class Hub:
         self._fanout(stream, key, encode(id=format_id(key), event=event, data=data))
 
     def _fanout(self, stream: str, key: EventKey, frame: bytes) -> None:
+        metrics.FANNED_OUT.inc()
         for sub in tuple(self.subscribers.get(stream, ())):
             sub.push((key, frame))
 

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
+from sse import access
 from sse.auth import authorize
 from sse.broker import ZERO, BrokerUnavailable, Hub, Subscription, get_hub, setting
 from sse.encoding import (
@@ -53,6 +54,7 @@ async def stream_response(request: HttpRequest, stream: str) -> HttpResponse:
             parse_id(last_id)
         except InvalidEvent as exc:
             return plain(400, f"Last-Event-ID: {exc}")
+    record = await access.record(request, stream, last_id)
     hub = get_hub()
     if hub.open >= setting("SSE_MAX_STREAMS", 20_000):
         # Past this a process would run out of file descriptors or memory for everyone.
@@ -62,7 +64,8 @@ async def stream_response(request: HttpRequest, stream: str) -> HttpResponse:
     except BrokerUnavailable:
         return plain(503, "event broker unavailable, retry shortly", Retry_After="5")
     connection = Connection(hub, sub, last_id)
-    response = StreamingHttpResponse(connection.frames(), content_type="text/event-stream")
+    frames = access.tracked(record, connection.frames(), connection)
+    response = StreamingHttpResponse(frames, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     # nginx must not buffer the stream, whatever its proxy_buffering says.
     response["X-Accel-Buffering"] = "no"
