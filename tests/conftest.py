@@ -99,6 +99,9 @@ class Project:
             DJANGO_SECURE_SSL_REDIRECT="0",
             SSE_PUBLIC_STREAMS="*",  # tests use many stream names; test_e2e checks the default policy
             PYTHONUNBUFFERED="1",
+            # Deprecations are errors in every process of the generated project (Daphne,
+            # manage.py, scripts) as in its own suite: Django 6 must find no deprecated call.
+            PYTHONWARNINGS="error::DeprecationWarning,error::PendingDeprecationWarning",
         )
         env.update(extra)
         return env
