@@ -327,3 +327,31 @@ def test_new_connections_survive_a_dead_instance(behind_nginx):
         client = SSEConnection("127.0.0.1", nginx.https, f"/sse/failover-{attempt}/", tls=True)
         assert client.wait_status() == 200, f"attempt {attempt}"
         client.close()
+
+
+def https_status(nginx: Nginx, path: str, source: str) -> int:
+    import http.client
+    import ssl
+
+    context = ssl._create_unverified_context()
+    conn = http.client.HTTPSConnection("127.0.0.1", nginx.https, timeout=5, context=context, source_address=(source, 0))
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_nginx_serves_metrics_to_this_machine_only(baked, redis_server, tmp_path):
+    project = baked(daphne_port=str(free_port_pair()))
+    daphnes, nginx, _env = serve_behind_nginx(project, redis_server.url, tmp_path, SSE_METRICS="1")
+    try:
+        assert https_status(nginx, "/metrics/", source="127.0.0.1") == 200
+        # Another address on the loopback network stands for a remote client.
+        assert https_status(nginx, "/metrics/", source="127.0.0.2") == 403
+        assert https_status(nginx, "/health/", source="127.0.0.2") == 200, "only /metrics/ is kept in"
+    finally:
+        nginx.stop()
+        for daphne in daphnes:
+            daphne.stop()
+    assert "Traceback" not in daphnes[0].output()
