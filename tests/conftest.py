@@ -158,9 +158,10 @@ class Daphne:
         cmd = [str(project.venv / "bin" / "daphne"), "-e", endpoint, "config.asgi:application"]
         if runserver:  # the development server: Daphne too, and it serves static files
             cmd = [project.python, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"]
-        self.proc = subprocess.Popen(
-            cmd, cwd=project.path, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
-        )
+        with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                cmd, cwd=project.path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + 30
         while True:  # wait for Django to answer (any status)
             if self.proc.poll() is not None:

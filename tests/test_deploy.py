@@ -156,7 +156,8 @@ def test_the_units_execstart_serves_a_stream(baked, redis_server, tmp_path, sock
     argv = execstart.replace("%i", instance).split()
     env = project.env(REDIS_URL=redis_server.url)
     log = tmp_path / "daphne.log"
-    proc = subprocess.Popen(argv, cwd=project.path, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, cwd=project.path, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         if socket_kind == "unix":
             deadline = time.monotonic() + 30

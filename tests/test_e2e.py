@@ -497,9 +497,10 @@ def test_killing_one_of_two_instances_loses_and_duplicates_nothing(project, redi
 
 
 def rss_kb(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
     raise AssertionError("no VmRSS")
 
 

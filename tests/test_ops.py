@@ -247,6 +247,7 @@ def test_access_log_lines_in_daphnes_log_without_secrets(project, redis_server, 
     wait_for_lines(daphne, 4)
     daphne.stop(signal.SIGTERM)
     assert staying.wait(lambda c: c.closed, 10)
+    staying.close()
     lines = access_lines(daphne)
     connect_line, reset, gone, other, *rest = lines
     assert connect_line == {
