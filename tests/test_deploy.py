@@ -308,12 +308,14 @@ def test_nginx_serves_static_redirects_http_and_speaks_http2(behind_nginx):
     plain.request("GET", "/sse/x/", headers={"Host": "example.com"})
     response = plain.getresponse()
     assert response.status == 301 and response.getheader("Location").startswith("https://")
+    plain.close()
     context = ssl._create_unverified_context()
     secure = http.client.HTTPSConnection("127.0.0.1", nginx.https, timeout=5, context=context)
     secure.request("GET", "/static/demo/sse-client.js")
     response = secure.getresponse()
     assert response.status == 200 and "javascript" in response.getheader("Content-Type")
     assert b"SSEClient" in response.read()
+    secure.close()
     context.set_alpn_protocols(["h2", "http/1.1"])
     with socket.create_connection(("127.0.0.1", nginx.https)) as raw, context.wrap_socket(raw) as tls:
         assert tls.selected_alpn_protocol() == "h2"
