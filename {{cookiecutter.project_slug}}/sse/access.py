@@ -95,8 +95,8 @@ async def tracked(record: Record, frames: AsyncIterator[bytes], connection: Any)
     try:
         async for chunk in frames:
             events = count_events(chunk)
-            if events and not record.events and b"\nevent: reset\n" in chunk:
-                # Only the first frame after retry: can be a reset (the name is reserved).
+            if events and not record.events and record.last_id and b"\nevent: reset\n" in chunk:
+                # A reset answers a replay request, as its first event; publish() refuses the name.
                 new_id = chunk.split(b"\n", 1)[0][4:].decode()
                 metrics.RESETS.inc()
                 log.info(line(event="reset", **record.fields, last_event_id=record.last_id, id=new_id or "-"))
