@@ -99,6 +99,9 @@ class Project:
             DJANGO_SECURE_SSL_REDIRECT="0",
             SSE_PUBLIC_STREAMS="*",  # tests use many stream names; test_e2e checks the default policy
             PYTHONUNBUFFERED="1",
+            # Deprecations are errors in every process of the generated project (Daphne,
+            # manage.py, scripts) as in its own suite: Django 6 must find no deprecated call.
+            PYTHONWARNINGS="error::DeprecationWarning,error::PendingDeprecationWarning",
         )
         env.update(extra)
         return env
@@ -155,9 +158,10 @@ class Daphne:
         cmd = [str(project.venv / "bin" / "daphne"), "-e", endpoint, "config.asgi:application"]
         if runserver:  # the development server: Daphne too, and it serves static files
             cmd = [project.python, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"]
-        self.proc = subprocess.Popen(
-            cmd, cwd=project.path, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
-        )
+        with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                cmd, cwd=project.path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + 30
         while True:  # wait for Django to answer (any status)
             if self.proc.poll() is not None:

@@ -148,6 +148,7 @@ class SSEConnection:
         except OSError:
             pass
         finally:
+            self.sock.close()  # the stream is over: a test that forgets close() leaks nothing
             with self.cond:
                 self.closed = True
                 self.cond.notify_all()

@@ -156,7 +156,8 @@ def test_the_units_execstart_serves_a_stream(baked, redis_server, tmp_path, sock
     argv = execstart.replace("%i", instance).split()
     env = project.env(REDIS_URL=redis_server.url)
     log = tmp_path / "daphne.log"
-    proc = subprocess.Popen(argv, cwd=project.path, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, cwd=project.path, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         if socket_kind == "unix":
             deadline = time.monotonic() + 30
@@ -307,12 +308,14 @@ def test_nginx_serves_static_redirects_http_and_speaks_http2(behind_nginx):
     plain.request("GET", "/sse/x/", headers={"Host": "example.com"})
     response = plain.getresponse()
     assert response.status == 301 and response.getheader("Location").startswith("https://")
+    plain.close()
     context = ssl._create_unverified_context()
     secure = http.client.HTTPSConnection("127.0.0.1", nginx.https, timeout=5, context=context)
     secure.request("GET", "/static/demo/sse-client.js")
     response = secure.getresponse()
     assert response.status == 200 and "javascript" in response.getheader("Content-Type")
     assert b"SSEClient" in response.read()
+    secure.close()
     context.set_alpn_protocols(["h2", "http/1.1"])
     with socket.create_connection(("127.0.0.1", nginx.https)) as raw, context.wrap_socket(raw) as tls:
         assert tls.selected_alpn_protocol() == "h2"
@@ -327,3 +330,31 @@ def test_new_connections_survive_a_dead_instance(behind_nginx):
         client = SSEConnection("127.0.0.1", nginx.https, f"/sse/failover-{attempt}/", tls=True)
         assert client.wait_status() == 200, f"attempt {attempt}"
         client.close()
+
+
+def https_status(nginx: Nginx, path: str, source: str) -> int:
+    import http.client
+    import ssl
+
+    context = ssl._create_unverified_context()
+    conn = http.client.HTTPSConnection("127.0.0.1", nginx.https, timeout=5, context=context, source_address=(source, 0))
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_nginx_serves_metrics_to_this_machine_only(baked, redis_server, tmp_path):
+    project = baked(daphne_port=str(free_port_pair()))
+    daphnes, nginx, _env = serve_behind_nginx(project, redis_server.url, tmp_path, SSE_METRICS="1")
+    try:
+        assert https_status(nginx, "/metrics/", source="127.0.0.1") == 200
+        # Another address on the loopback network stands for a remote client.
+        assert https_status(nginx, "/metrics/", source="127.0.0.2") == 403
+        assert https_status(nginx, "/health/", source="127.0.0.2") == 200, "only /metrics/ is kept in"
+    finally:
+        nginx.stop()
+        for daphne in daphnes:
+            daphne.stop()
+    assert "Traceback" not in daphnes[0].output()

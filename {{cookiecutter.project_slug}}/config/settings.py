@@ -138,6 +138,10 @@ SSE_REDIS_MAX_CONNECTIONS = env.int("SSE_REDIS_MAX_CONNECTIONS", default=50)
 # The default allows these fnmatch patterns to everyone and user.<id> to that user.
 SSE_AUTHORIZE = env.str("SSE_AUTHORIZE", default="sse.auth.default_policy")
 SSE_PUBLIC_STREAMS = env.list("SSE_PUBLIC_STREAMS", default=["notifications", "chat"])
+# Prometheus metrics at /metrics/: 404 unless on; then only for these addresses
+# (exact, or CIDR networks) and staff users. Behind nginx the address is the client's.
+SSE_METRICS = env.bool("SSE_METRICS", default=False)
+SSE_METRICS_ALLOWED_IPS = env.list("SSE_METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
 SSE_DEMO_PUBLISH = env.bool("SSE_DEMO_PUBLISH", default=DEBUG)  # the demo form; staff may always publish
 {%- if cookiecutter.sse_mode == "channels" %}
 SSE_FEEDS = ["sse.layer.LayerFeed"]  # group_send({"type": "sse.event"}) reaches clients too
@@ -182,6 +186,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         "sse": {"level": env.str("SSE_LOG_LEVEL", default="INFO"), "propagate": True},
+        # One line per stream connect, disconnect and reset (sse/access.py); WARNING silences them.
+        "sse.access": {"level": env.str("SSE_ACCESS_LOG_LEVEL", default="INFO"), "propagate": True},
         "django.security.DisallowedHost": {"level": "WARNING", "filters": ["one_line"]},
     },
 }

@@ -2,12 +2,14 @@ from django.contrib import admin
 from django.urls import include, path
 
 from sse.health import health
+from sse.metrics import metrics_view
 {%- if cookiecutter.sse_mode == "async_view" %}
 from sse.views import stream
 {%- endif %}
 
 urlpatterns = [
     path("health/", health, name="sse-health"),
+    path("metrics/", metrics_view, name="sse-metrics"),
 {%- if cookiecutter.sse_mode == "async_view" %}
     # Any name reaches the view, which answers 404 with the reason for a bad one.
     path("sse/<path:stream>/", stream, name="sse-stream"),

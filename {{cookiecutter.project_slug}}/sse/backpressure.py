@@ -30,6 +30,7 @@ from typing import Any
 
 from twisted.internet import tcp
 
+from sse import access
 from sse.broker import setting
 
 log = logging.getLogger("sse")
@@ -62,6 +63,7 @@ def buffered(transport: Any) -> int:
 def guard(send: Send) -> Send:
     limit = setting("SSE_MAX_BUFFER", 1_048_576)
     transport = daphne_transport(send)
+    access.bind(transport)
     if not limit or transport is None or not hasattr(transport, "dataBuffer"):
         return send
 
@@ -75,6 +77,7 @@ def guard(send: Send) -> Send:
         while (waiting := buffered(transport)) > limit and transport.connected:
             if asyncio.get_running_loop().time() > deadline:
                 log.info("sse: closing a client that stopped reading (%d bytes waiting)", waiting)
+                access.mark_slow()
                 transport.abortConnection()
                 return
             await asyncio.sleep(0.05)

@@ -31,6 +31,7 @@ from django.utils.module_loading import import_string
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from sse import metrics
 from sse.encoding import (
     RESET_EVENT,
     EventKey,
@@ -108,6 +109,8 @@ class Subscription:
         "max_bytes",
         "max_items",
         "pinged",
+        "sent_bytes",
+        "sent_events",
         "stream",
         "waiter",
         "write",
@@ -121,16 +124,20 @@ class Subscription:
         self.bytes = 0
         self.dropped = False
         self.pinged = False
+        self.sent_events = self.sent_bytes = 0  # written on the fast path (sse.access adds the rest)
         self.waiter: asyncio.Future[None] | None = None
         self.write: Callable[[bytes], bool] | None = None
 
-    def push(self, item: tuple[EventKey, bytes]) -> None:
+    def push(self, item: tuple[EventKey, bytes]) -> bool:
+        """Queue a frame, or write it at once on the fast path (then True)."""
         if self.dropped:
-            return
+            return False
         if self.write is not None:
             if not self.write(item[1]):
                 self.write = None  # behind: what follows waits in the queue, with its bounds
-            return
+            self.sent_events += 1
+            self.sent_bytes += len(item[1])
+            return True
         size = len(item[1])
         # One frame always fits, however large: only a backlog closes the client.
         if len(self.items) >= self.max_items or (self.bytes and self.bytes + size > self.max_bytes):
@@ -140,17 +147,20 @@ class Subscription:
                 len(self.items),
                 self.bytes,
             )
+            metrics.SLOW_CLIENTS.inc()
             self.close()
-            return
+            return False
         self.bytes += size
         self.items.append(item)
         self._wake()
+        return False
 
     def ping(self) -> None:
         """A heartbeat: written at once on the fast path, else the reader sends one."""
         if self.write is not None:
             if not self.write(PING):
                 self.write = None
+            self.sent_bytes += len(PING)
         elif not self.dropped:
             self.pinged = True
             self._wake()
@@ -254,8 +264,13 @@ class Hub:
         self._fanout(stream, key, encode(id=format_id(key), event=event, data=data))
 
     def _fanout(self, stream: str, key: EventKey, frame: bytes) -> None:
+        metrics.FANNED_OUT.inc()
+        written = 0
         for sub in tuple(self.subscribers.get(stream, ())):
-            sub.push((key, frame))
+            written += sub.push((key, frame))
+        if written:  # the fast path's share; sse.access counts what the streams yield
+            metrics.EVENTS_SENT.inc(written)
+            metrics.BYTES_SENT.inc(written * len(frame))
 
     def _beat(self, first: bool = False) -> None:
         if not first:

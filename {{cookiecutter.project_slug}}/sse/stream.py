@@ -5,11 +5,13 @@ to live events first, replay from the log second, then pass on only the live
 events newer than the last one sent.
 """
 
+import asyncio
 import random
 from collections.abc import AsyncIterator
 
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
+from sse import access
 from sse.auth import authorize
 from sse.backpressure import Writer, direct_writer
 from sse.broker import (
@@ -61,6 +63,7 @@ async def stream_response(request: HttpRequest, stream: str) -> HttpResponse:
             parse_id(last_id)
         except InvalidEvent as exc:
             return plain(400, f"Last-Event-ID: {exc}")
+    record = await access.record(request, stream, last_id)
     hub = get_hub()
     if hub.open >= setting("SSE_MAX_STREAMS", 20_000):
         # Past this a process would run out of file descriptors or memory for everyone.
@@ -70,7 +73,7 @@ async def stream_response(request: HttpRequest, stream: str) -> HttpResponse:
     except BrokerUnavailable:
         return plain(503, "event broker unavailable, retry shortly", Retry_After="5")
     # The transports put Daphne's ASGI send in the scope: live events then skip ASGI.
-    connection = Connection(hub, sub, last_id, direct_writer(getattr(request, "scope", {}).get("sse.send")))
+    connection = Connection(hub, sub, record, direct_writer(getattr(request, "scope", {}).get("sse.send")))
     response = StreamingHttpResponse(connection.frames(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     # nginx must not buffer the stream, whatever its proxy_buffering says.
@@ -80,39 +83,56 @@ async def stream_response(request: HttpRequest, stream: str) -> HttpResponse:
 
 
 class Connection:
-    __slots__ = ("hub", "last_id", "sub", "writer")  # one per open stream
+    __slots__ = ("hub", "last_id", "record", "sub", "writer")  # one per open stream
 
-    def __init__(self, hub: Hub, sub: Subscription, last_id: str | None, writer: Writer | None = None) -> None:
+    def __init__(self, hub: Hub, sub: Subscription, record: access.Record, writer: Writer | None = None) -> None:
         self.hub = hub
         self.sub = sub
-        self.last_id = last_id
+        self.record = record
+        self.last_id = record.last_id
         self.writer = writer
 
     def close(self) -> None:
         self.hub.unsubscribe(self.sub)
 
     async def frames(self) -> AsyncIterator[bytes]:
+        record, sub = self.record, self.sub
+        record.opened()
+        reason = "server-closed"
         try:
             # Sent at once: Daphne sends the headers only with the first body chunk.
             # The jitter spreads the reconnect storm after a restart.
             retry = setting("SSE_RETRY_MS", 3000)
-            yield encode(retry=int(retry * random.uniform(0.8, 1.2)))
+            chunk = encode(retry=int(retry * random.uniform(0.8, 1.2)))
+            record.sent(chunk, 0)
+            yield chunk
             sent = ZERO
             if self.last_id is not None:
                 sent = parse_id(self.last_id)
-                async for chunk, key in self.replay():
+                async for chunk, key, events in self.replay():
                     sent = key
+                    record.sent(chunk, events)
                     yield chunk
-            async for chunk in self.live(sent):
+            async for chunk, events in self.live(sent):
+                record.sent(chunk, events)
                 yield chunk
+            if sub.dropped:
+                reason = "slow-client"
+        except (asyncio.CancelledError, GeneratorExit):
+            reason = access.cancelled_reason()
+            raise
         finally:
             self.close()
+            record.bytes += sub.sent_bytes  # what the hub wrote itself (the fast path)
+            record.events += sub.sent_events
+            record.closed(reason)
 
-    async def replay(self) -> AsyncIterator[tuple[bytes, EventKey]]:
+    async def replay(self) -> AsyncIterator[tuple[bytes, EventKey, int]]:
         first = True
         async for entries in self.hub.broker.pages(self.sub.stream, self.last_id):
             if entries is None and first:
-                yield await self.reset()
+                frame, key = await self.reset()
+                yield frame, key, 0  # not an event of the stream
                 return
             if entries is None:
                 # Trimmed while this client was replaying: end it; it reconnects
@@ -128,7 +148,7 @@ class Connection:
                 size += len(frame)
                 # Writes of about 64 KB: a backlog never lands in memory as one block.
                 if size >= 65_536 or index == len(entries) - 1:
-                    yield b"".join(batch), parse_id(id)
+                    yield b"".join(batch), parse_id(id), len(batch)
                     batch, size = [], 0
 
     async def reset(self) -> tuple[bytes, EventKey]:
@@ -138,9 +158,10 @@ class Connection:
         # The id moves the client to the newest entry (or clears it when the log is
         # empty), so its next reconnect does not reset again. Live events from there.
         frame = encode(id=latest or "", event=RESET_EVENT, data=data)
+        self.record.reset(latest or "")
         return frame, parse_id(latest) if latest else ZERO
 
-    async def live(self, sent: EventKey) -> AsyncIterator[bytes]:
+    async def live(self, sent: EventKey) -> AsyncIterator[tuple[bytes, int]]:
         sub = self.sub
         while True:
             if sub.write is None and not sub.items and not sub.dropped:
@@ -152,10 +173,11 @@ class Connection:
                 if key > sent:
                     chunks.append(frame)
                     sent = key
+            events = len(chunks)
             if sub.pinged:  # the hub's heartbeat (SSE_HEARTBEAT)
                 sub.pinged = False
                 chunks = chunks or [PING]
             if chunks:
-                yield b"".join(chunks)
+                yield b"".join(chunks), events
             if sub.dropped:
                 return

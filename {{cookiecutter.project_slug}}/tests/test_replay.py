@@ -6,7 +6,7 @@ import json
 
 from django.test import RequestFactory
 
-from sse import apublish
+from sse import access, apublish
 from sse.broker import get_hub
 from sse.stream import Connection, stream_response
 from tests.conftest import data_events, parse, read_until
@@ -197,7 +197,8 @@ async def test_live_frames_skip_the_queue_until_the_client_falls_behind(backend,
         return direct % 4 != 0  # every fourth write: "the client is behind"
 
     hub = get_hub()
-    connection = Connection(hub, await hub.subscribe(stream), None, write)
+    record = access.Record(rf.get(f"/sse/{stream}/"), stream, None, None)
+    connection = Connection(hub, await hub.subscribe(stream), record, write)
     frames = connection.frames()
     wire.append(await anext(frames))  # the retry line
 

@@ -1,0 +1,121 @@
+"""One log line per stream connect, disconnect and reset, on the ``sse.access`` logger.
+
+Lines are ``key=value`` pairs, for example::
+
+    event=connect stream=notifications client=203.0.113.7 user=42 last_event_id=yes
+    event=reset stream=notifications client=203.0.113.7 user=42 last_event_id=1732190000000-0 id=1732190400000-3
+    event=disconnect stream=notifications client=203.0.113.7 user=42 duration=81.532 bytes=5120 events=12 \
+reason=client-gone
+
+``reason`` is ``client-gone``, ``slow-client`` (closed for falling behind: it
+reconnects and replays), ``server-shutdown`` or ``server-closed``. Built only
+from the stream name, the peer address and the user's id: never the query
+string (which may carry a token), headers, cookies or session ids.
+
+The same records feed the counters of :mod:`sse.metrics`.
+"""
+
+import contextvars
+import logging
+import re
+import time
+from typing import Any
+
+from django.http import HttpRequest
+
+from sse import metrics
+
+log = logging.getLogger("sse.access")
+# With --proxy-headers Daphne takes the address from X-Forwarded-For, which a
+# client reaching Daphne directly controls: anything but an address is not logged.
+ADDRESS = re.compile(r"[0-9A-Fa-f.:\[\]]{1,64}")
+
+# What the server side knows about this ASGI connection (see sse.backpressure.guard).
+_peer: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("sse_peer")
+
+
+def bind(transport: Any) -> None:
+    """Remember this connection's transport, to tell a gone client from a server shutdown."""
+    _peer.set({"transport": transport, "slow": False})
+
+
+def mark_slow() -> None:
+    """The server is closing this connection because its client stopped reading."""
+    metrics.SLOW_CLIENTS.inc()
+    peer = _peer.get(None)
+    if peer is not None:
+        peer["slow"] = True
+
+
+def line(**fields: object) -> str:
+    # Every value here is a stream name, an address, a number or an event id:
+    # none holds a space, a quote or a line break, so no quoting is needed.
+    return " ".join(f"{key}={value}" for key, value in fields.items())
+
+
+class Record:
+    """One connection's line fields and running totals."""
+
+    __slots__ = ("bytes", "events", "fields", "last_id", "started")  # one per open stream
+
+    def __init__(self, request: HttpRequest, stream: str, last_id: str | None, user_id: object) -> None:
+        address = request.META.get("REMOTE_ADDR") or "-"
+        self.fields = {
+            "stream": stream,
+            "client": address if ADDRESS.fullmatch(address) else "invalid",
+            "user": user_id if user_id is not None else "-",
+        }
+        self.last_id = last_id
+        self.started = time.monotonic()
+        self.bytes = 0
+        self.events = 0
+
+    def opened(self) -> None:
+        metrics.CONNECTIONS.inc()
+        if self.last_id is not None:
+            metrics.REPLAYS.inc()
+        log.info(line(event="connect", **self.fields, last_event_id="yes" if self.last_id else "no"))
+
+    def sent(self, chunk: bytes, events: int) -> None:
+        self.bytes += len(chunk)
+        self.events += events
+        metrics.BYTES_SENT.inc(len(chunk))
+        if events:
+            metrics.EVENTS_SENT.inc(events)
+
+    def reset(self, new_id: str) -> None:
+        metrics.RESETS.inc()
+        log.info(line(event="reset", **self.fields, last_event_id=self.last_id, id=new_id or "-"))
+
+    def closed(self, reason: str) -> None:
+        metrics.DISCONNECTS.inc(reason=reason)
+        duration = f"{time.monotonic() - self.started:.3f}"
+        log.info(
+            line(
+                event="disconnect",
+                **self.fields,
+                duration=duration,
+                bytes=self.bytes,
+                events=self.events,
+                reason=reason,
+            )
+        )
+
+
+def cancelled_reason() -> str:
+    """Why a stream the server did not end itself was cancelled."""
+    peer = _peer.get(None) or {}
+    transport = peer.get("transport")
+    if peer.get("slow"):
+        return "slow-client"
+    if transport is not None and getattr(transport, "connected", False):
+        return "server-shutdown"  # Daphne cancels every open stream when it stops
+    return "client-gone"
+
+
+async def record(request: HttpRequest, stream: str, last_id: str | None) -> Record:
+    """What the lines of a stream about to be served will say (looked up before subscribing)."""
+    from sse.auth import get_user  # needs the app registry: not at import time (config.asgi)
+
+    user = await get_user(request)
+    return Record(request, stream, last_id, user.pk if user.is_authenticated else None)
