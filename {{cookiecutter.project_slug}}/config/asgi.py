@@ -1,5 +1,5 @@
 {%- if cookiecutter.sse_mode == "channels" -%}
-"""ASGI entry point: ``/sse/<stream>/`` goes to the SSE consumer, the rest to Django."""
+"""ASGI entry point: ``/sse/<stream>/`` and ``/sse/?stream=…`` go to the SSE consumer, the rest to Django."""
 
 import os
 
@@ -18,6 +18,7 @@ application = ProtocolTypeRouter(
     {
         "http": URLRouter(
             [
+                re_path(r"^sse/$", AuthMiddlewareStack(SSEConsumer.as_asgi())),
                 re_path(r"^sse/(?P<stream>.*)/$", AuthMiddlewareStack(SSEConsumer.as_asgi())),
                 re_path(r"", django_application),
             ]
@@ -25,7 +26,7 @@ application = ProtocolTypeRouter(
     }
 )
 {%- else -%}
-"""ASGI entry point: Django alone; ``/sse/<stream>/`` is an async view."""
+"""ASGI entry point: Django alone; ``/sse/<stream>/`` and ``/sse/?stream=…`` are async views."""
 
 import asyncio
 import os

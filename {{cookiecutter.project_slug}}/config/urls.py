@@ -3,13 +3,14 @@ from django.urls import include, path
 
 from sse.health import health
 {%- if cookiecutter.sse_mode == "async_view" %}
-from sse.views import stream
+from sse.views import stream, streams
 {%- endif %}
 
 urlpatterns = [
     path("health/", health, name="sse-health"),
 {%- if cookiecutter.sse_mode == "async_view" %}
     # Any name reaches the view, which answers 404 with the reason for a bad one.
+    path("sse/", streams, name="sse-streams"),  # several streams: /sse/?stream=a&stream=b
     path("sse/<path:stream>/", stream, name="sse-stream"),
 {%- endif %}
     path("admin/", admin.site.urls),
