@@ -8,6 +8,10 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_application = get_asgi_application()  # sets Django up before the imports below
 
+from sse import checks  # noqa: E402
+
+checks.fail_fast()
+
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import re_path  # noqa: E402
@@ -69,5 +73,8 @@ class Handler(ASGIHandler):
 
 
 django.setup(set_prefix=False)
+from sse import checks  # noqa: E402
+
+checks.fail_fast()
 application = Handler()
 {%- endif %}

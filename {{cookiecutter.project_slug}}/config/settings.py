@@ -138,6 +138,10 @@ SSE_REDIS_MAX_CONNECTIONS = env.int("SSE_REDIS_MAX_CONNECTIONS", default=50)
 # The default allows these fnmatch patterns to everyone and user.<id> to that user.
 SSE_AUTHORIZE = env.str("SSE_AUTHORIZE", default="sse.auth.default_policy")
 SSE_PUBLIC_STREAMS = env.list("SSE_PUBLIC_STREAMS", default=["notifications", "chat"])
+SSE_MAX_STREAMS_PER_CONNECTION = env.int("SSE_MAX_STREAMS_PER_CONNECTION", default=16)  # /sse/?stream=a&stream=b
+# Pages on these exact origins (https://app.example.com) may read streams with the user's
+# cookies (EventSource withCredentials). Never "*": the system check sse.E002 refuses it.
+SSE_CORS_ORIGINS = env.list("SSE_CORS_ORIGINS", default=[])
 SSE_DEMO_PUBLISH = env.bool("SSE_DEMO_PUBLISH", default=DEBUG)  # the demo form; staff may always publish
 {%- if cookiecutter.sse_mode == "channels" %}
 SSE_FEEDS = ["sse.layer.LayerFeed"]  # group_send({"type": "sse.event"}) reaches clients too
@@ -177,11 +181,15 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "filters": {"one_line": {"()": "django.utils.log.CallbackFilter", "callback": _one_line}},
+    "filters": {
+        "one_line": {"()": "django.utils.log.CallbackFilter", "callback": _one_line},
+        "mask_tokens": {"()": "sse.logmask.MaskTokens"},  # runserver's request lines
+    },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         "sse": {"level": env.str("SSE_LOG_LEVEL", default="INFO"), "propagate": True},
         "django.security.DisallowedHost": {"level": "WARNING", "filters": ["one_line"]},
+        "django.channels.server": {"filters": ["mask_tokens"]},
     },
 }
