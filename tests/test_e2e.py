@@ -718,3 +718,18 @@ def test_cross_origin_clients_and_tokens_over_daphne(project, redis_server, star
         assert conn.wait_status() == 403, path
         conn.close()
     assert token not in daphne.output()
+
+
+def test_a_wildcard_cors_origin_stops_check_and_daphne(project):
+    env = project.env(SSE_CORS_ORIGINS="*")
+    check = project.manage("check", env=env, check=False)
+    assert check.returncode != 0 and "sse.E002" in check.stderr
+    daphne = subprocess.run(
+        [str(project.venv / "bin" / "daphne"), "-p", "0", "config.asgi:application"],
+        cwd=project.path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert daphne.returncode != 0 and "sse.E002" in daphne.stderr
