@@ -80,6 +80,7 @@ def test_nginx_site_passes_nginx_t(baked, tmp_path, socket_kind):
     site = re.sub(r"ssl_certificate .*;", f"ssl_certificate {cert};", site)
     site = re.sub(r"ssl_certificate_key .*;", f"ssl_certificate_key {key};", site)
     assert "listen 443 ssl http2;" in site, "1.18-compatible http2 syntax"
+    site = site.replace("/var/log/nginx/", f"{tmp_path}/")
     (tmp_path / "site.conf").write_text(site)
     (tmp_path / "nginx.conf").write_text(
         f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
@@ -190,6 +191,9 @@ class Nginx:
         site = re.sub(r"ssl_certificate_key .*;", f"ssl_certificate_key {key};", site)
         site = re.sub(r"listen (\[::\]:)?80;", lambda m: f"listen {m.group(1) or ''}{self.http};", site)
         site = re.sub(r"listen (\[::\]:)?443 ", lambda m: f"listen {m.group(1) or ''}{self.https} ", site)
+        # The site's own (masked) access log, where the tests read it.
+        site = re.sub(r"/var/log/nginx/\S+\.access\.log", f"{workdir}/access.log", site)
+        self.workdir = workdir
         (workdir / "site.conf").write_text(site)
         kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
         temp = "".join(f"  {kind}_temp_path {workdir}/{kind};\n" for kind in kinds)
@@ -358,3 +362,31 @@ def test_nginx_serves_metrics_to_this_machine_only(baked, redis_server, tmp_path
         for daphne in daphnes:
             daphne.stop()
     assert "Traceback" not in daphnes[0].output()
+
+
+def test_tokens_never_reach_the_access_logs(behind_nginx, redis_server):
+    """nginx's log_format and Daphne's own access log mask ?token=..."""
+    project, daphnes, nginx = behind_nginx
+    env = project.env(REDIS_URL=redis_server.url)
+    token = project.manage("sse_token", "logged", "--ttl", "60", env=env).stdout.strip()
+    assert len(token) > 20
+    paths = [
+        f"/sse/logged/?token={token}",
+        f"/sse/?stream=logged&token={token}&last_event_id=logged:",
+        "/sse/x/?token=forged",
+    ]
+    for path in paths:
+        client = SSEConnection("127.0.0.1", nginx.https, path, tls=True)
+        assert client.wait_status() == (403 if "forged" in path else 200)
+        client.close()
+    nginx_log = nginx.workdir / "access.log"
+    deadline = time.monotonic() + 10
+    while nginx_log.read_text().count("token=[masked]") < len(paths) and time.monotonic() < deadline:
+        time.sleep(0.2)  # nginx writes a line when the stream has ended
+    for path in [nginx_log, *(d.log for d in daphnes)]:
+        text = path.read_text()
+        assert token not in text and "forged" not in text, f"{path}:\n{text}"
+    assert nginx_log.read_text().count("token=[masked]") == len(paths), nginx_log.read_text()
+    assert '"GET /sse/logged/?token=[masked] HTTP/' in nginx_log.read_text()
+    # Daphne logs a request when its response ends: the 403 at least (streams end when nginx stops).
+    assert "token=[masked]" in "".join(d.output() for d in daphnes)

@@ -697,3 +697,80 @@ def test_a_thousand_connect_disconnect_cycles_leave_nothing_behind(project, redi
     )
     assert growth_mb < 5, f"RSS grew {growth_mb:.1f} MB over the second 1,000 cycles"
     keep.close()
+
+
+def test_two_streams_on_one_connection_replay_exactly_the_missed_events(project, redis_server, start_daphne):
+    a, b = start_daphne(), start_daphne()
+    path = "/sse/?stream=multi-a&stream=multi-b"
+    first = SSEConnection("127.0.0.1", a.port, path)
+    assert first.wait_status() == 200
+    assert first.wait(lambda c: c.parser.retry is not None, 5)
+    sent = [send_event(project, redis_server.url, s, "n", f"{s}-{i}") for i in range(2) for s in ("multi-a", "multi-b")]
+    seen = first.wait_events(4)
+    assert sorted(json.loads(e.data) for e in seen) == ["multi-a-0", "multi-a-1", "multi-b-0", "multi-b-1"]
+    for event in seen:
+        source, _, own = event.id.split(",")[0].partition(":")
+        assert json.loads(event.data).startswith(source), "the first position names the event's stream"
+        assert own in sent
+    first.close()
+    missed = {}
+    for value in ["multi-b-2", "multi-a-2", "multi-b-3", "multi-a-3", "multi-a-4"]:
+        missed[value] = send_event(project, redis_server.url, value[:7], "n", value)
+    # Reconnect to the other process, as nginx may send it anywhere.
+    again = SSEConnection("127.0.0.1", b.port, path, {"Last-Event-ID": seen[-1].id})
+    events = again.wait_events(len(missed))
+    time.sleep(0.5)  # a duplicate would show up by now
+    got = [json.loads(e.data) for e in again.events]
+    assert sorted(got) == sorted(missed), "exactly the missed events"
+    for s in ("multi-a", "multi-b"):
+        mine = [v for v in got if v.startswith(s)]
+        assert mine == sorted(mine), "in id order per stream"
+    last = dict(p.split(":", 1) for p in events[-1].id.split(","))
+    assert last == {"multi-a": missed["multi-a-4"], "multi-b": missed["multi-b-3"]}
+    again.close()
+
+
+def test_cross_origin_clients_and_tokens_over_daphne(project, redis_server, start_daphne):
+    daphne = start_daphne(SSE_CORS_ORIGINS="https://app.example.com", SSE_PUBLIC_STREAMS="public")
+    allowed = connect(daphne, "public", Origin="https://app.example.com")
+    assert allowed.response_headers["access-control-allow-origin"] == "https://app.example.com"
+    assert allowed.response_headers["access-control-allow-credentials"] == "true"
+    event_id = send_event(project, redis_server.url, "public", "n", 1)
+    assert allowed.wait_events(1)[0].id == event_id
+    allowed.close()
+    refused = SSEConnection("127.0.0.1", daphne.port, "/sse/public/", {"Origin": "https://evil.example"})
+    assert refused.wait_status() == 403
+    refused.close()
+    env = project.env(REDIS_URL=redis_server.url)
+    user = project.run(
+        "-c",
+        "import django; django.setup(); from django.contrib.auth.models import User;"
+        "print(User.objects.create_user('tok-%s' % __import__('uuid').uuid4().hex[:8]).pk)",
+        env=env,
+    ).stdout.strip()
+    token = project.manage("sse_token", f"user.{user}", "--user", user, env=env).stdout.strip()
+    mine = SSEConnection("127.0.0.1", daphne.port, f"/sse/user.{user}/?token={token}")
+    assert mine.wait_status() == 200, mine.body
+    event_id = send_event(project, redis_server.url, f"user.{user}", "n", "private")
+    assert mine.wait_events(1)[0].id == event_id
+    mine.close()
+    for path in [f"/sse/user.{user}/", f"/sse/secret/?token={token}", f"/sse/user.{user}/?token={token[:-3]}xyz"]:
+        conn = SSEConnection("127.0.0.1", daphne.port, path)
+        assert conn.wait_status() == 403, path
+        conn.close()
+    assert token not in daphne.output()
+
+
+def test_a_wildcard_cors_origin_stops_check_and_daphne(project):
+    env = project.env(SSE_CORS_ORIGINS="*")
+    check = project.manage("check", env=env, check=False)
+    assert check.returncode != 0 and "sse.E002" in check.stderr
+    daphne = subprocess.run(
+        [str(project.venv / "bin" / "daphne"), "-p", "0", "config.asgi:application"],
+        cwd=project.path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert daphne.returncode != 0 and "sse.E002" in daphne.stderr

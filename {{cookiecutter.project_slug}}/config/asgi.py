@@ -1,5 +1,5 @@
 {%- if cookiecutter.sse_mode == "channels" -%}
-"""ASGI entry point: ``/sse/<stream>/`` goes to the SSE consumer, the rest to Django."""
+"""ASGI entry point: ``/sse/<stream>/`` and ``/sse/?stream=…`` go to the SSE consumer, the rest to Django."""
 
 import os
 
@@ -7,6 +7,10 @@ from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_application = get_asgi_application()  # sets Django up before the imports below
+
+from sse import checks  # noqa: E402
+
+checks.fail_fast()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import re_path  # noqa: E402
@@ -17,6 +21,7 @@ application = ProtocolTypeRouter(
     {
         "http": URLRouter(
             [
+                re_path(r"^sse/$", SSEConsumer.as_asgi()),
                 re_path(r"^sse/(?P<stream>.*)/$", SSEConsumer.as_asgi()),
                 re_path(r"", django_application),
             ]
@@ -24,7 +29,7 @@ application = ProtocolTypeRouter(
     }
 )
 {%- else -%}
-"""ASGI entry point: Django alone; ``/sse/<stream>/`` is an async view."""
+"""ASGI entry point: Django alone; ``/sse/<stream>/`` and ``/sse/?stream=…`` are async views."""
 
 import asyncio
 import os
@@ -71,5 +76,8 @@ class Handler(ASGIHandler):
 
 
 django.setup(set_prefix=False)
+from sse import checks  # noqa: E402
+
+checks.fail_fast()
 application = Handler()
 {%- endif %}

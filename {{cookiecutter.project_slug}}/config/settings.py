@@ -142,6 +142,10 @@ SSE_PUBLIC_STREAMS = env.list("SSE_PUBLIC_STREAMS", default=["notifications", "c
 # (exact, or CIDR networks) and staff users. Behind nginx the address is the client's.
 SSE_METRICS = env.bool("SSE_METRICS", default=False)
 SSE_METRICS_ALLOWED_IPS = env.list("SSE_METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
+SSE_MAX_STREAMS_PER_CONNECTION = env.int("SSE_MAX_STREAMS_PER_CONNECTION", default=16)  # /sse/?stream=a&stream=b
+# Pages on these exact origins (https://app.example.com) may read streams with the user's
+# cookies (EventSource withCredentials). Never "*": the system check sse.E002 refuses it.
+SSE_CORS_ORIGINS = env.list("SSE_CORS_ORIGINS", default=[])
 SSE_DEMO_PUBLISH = env.bool("SSE_DEMO_PUBLISH", default=DEBUG)  # the demo form; staff may always publish
 {%- if cookiecutter.sse_mode == "channels" %}
 SSE_FEEDS = ["sse.layer.LayerFeed"]  # group_send({"type": "sse.event"}) reaches clients too
@@ -181,7 +185,10 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "filters": {"one_line": {"()": "django.utils.log.CallbackFilter", "callback": _one_line}},
+    "filters": {
+        "one_line": {"()": "django.utils.log.CallbackFilter", "callback": _one_line},
+        "mask_tokens": {"()": "sse.logmask.MaskTokens"},  # runserver's request lines
+    },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
@@ -189,5 +196,6 @@ LOGGING = {
         # One line per stream connect, disconnect and reset (sse/access.py); WARNING silences them.
         "sse.access": {"level": env.str("SSE_ACCESS_LOG_LEVEL", default="INFO"), "propagate": True},
         "django.security.DisallowedHost": {"level": "WARNING", "filters": ["one_line"]},
+        "django.channels.server": {"filters": ["mask_tokens"]},
     },
 }

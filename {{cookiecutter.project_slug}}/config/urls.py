@@ -4,7 +4,7 @@ from django.urls import include, path
 from sse.health import health
 from sse.metrics import metrics_view
 {%- if cookiecutter.sse_mode == "async_view" %}
-from sse.views import stream
+from sse.views import stream, streams
 {%- endif %}
 
 urlpatterns = [
@@ -12,6 +12,7 @@ urlpatterns = [
     path("metrics/", metrics_view, name="sse-metrics"),
 {%- if cookiecutter.sse_mode == "async_view" %}
     # Any name reaches the view, which answers 404 with the reason for a bad one.
+    path("sse/", streams, name="sse-streams"),  # several streams: /sse/?stream=a&stream=b
     path("sse/<path:stream>/", stream, name="sse-stream"),
 {%- endif %}
     path("admin/", admin.site.urls),

@@ -87,7 +87,10 @@ class Record:
         metrics.RESETS.inc()
         log.info(line(event="reset", **self.fields, last_event_id=self.last_id, id=new_id or "-"))
 
-    def closed(self, reason: str) -> None:
+    def closed(self, reason: str, subs: list) -> None:
+        for sub in subs:  # what the hub wrote itself (the fast path)
+            self.bytes += sub.sent_bytes
+            self.events += sub.sent_events
         metrics.DISCONNECTS.inc(reason=reason)
         duration = f"{time.monotonic() - self.started:.3f}"
         log.info(

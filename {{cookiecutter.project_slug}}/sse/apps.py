@@ -4,3 +4,8 @@ from django.apps import AppConfig
 class SseConfig(AppConfig):
     name = "sse"
     verbose_name = "Server-Sent Events"
+
+    def ready(self) -> None:
+        from sse import checks, logmask  # noqa: F401  (registers the checks)
+
+        logmask.mask_daphne_access_log()

@@ -350,7 +350,11 @@ class Broker:
         raise NotImplementedError
 
     async def areplay(self, stream: str, after: str, count: int) -> list[Entry] | None:
-        """Up to ``count`` entries after ``after``; None when ``after`` is not in the log."""
+        """Up to ``count`` entries after ``after``; None when ``after`` is not in the log.
+
+        An empty ``after`` means from the start of the log (a multi-stream client
+        whose stream had no events yet when it connected).
+        """
         raise NotImplementedError
 
     async def alast_id(self, stream: str) -> str | None:
@@ -417,6 +421,9 @@ class MemoryBroker(Broker):
         return self.publish(stream, event, data)
 
     async def areplay(self, stream: str, after: str, count: int) -> list[Entry] | None:
+        if not after:
+            with self._lock:
+                return list(itertools.islice(self._logs.get(stream, ()), count))
         ms, seq, _ = parse_id(after)
         base = f"{ms}-{seq}"
         with self._lock:  # no copy of the whole log for each page
@@ -539,6 +546,12 @@ class RedisBroker(Broker):
             raise self.unavailable(exc) from None
 
     async def areplay(self, stream: str, after: str, count: int) -> list[Entry] | None:
+        if not after:
+            try:
+                rows = await self.aclient().xrange(self.key(stream), min="-", count=count)
+            except redis.RedisError as exc:
+                raise self.unavailable(exc) from None
+            return [self._entry(row) for row in rows]
         ms, seq, _ = parse_id(after)
         base = f"{ms}-{seq}"
         try:

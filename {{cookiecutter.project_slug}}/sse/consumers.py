@@ -49,7 +49,7 @@ class SSEConsumer(AsyncHttpConsumer):
         except DisallowedHost:
             response = plain(400, "invalid Host header")
         else:
-            stream = self.scope["url_route"]["kwargs"]["stream"]
+            stream = self.scope["url_route"]["kwargs"].get("stream")  # none for /sse/?stream=a&stream=b
             response = security.process_request(request) or await stream_response(request, stream)
             response = security.process_response(request, response)
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.items()]

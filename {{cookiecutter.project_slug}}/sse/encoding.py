@@ -3,6 +3,25 @@
 This is the only module that writes SSE bytes. Everything that reaches a
 client goes through :func:`encode`, so a field value can never carry the CR
 or LF that would let data forge an extra field or event.
+
+Event ids
+    ``/sse/<stream>/`` sends the Redis Stream entry id (``1718000000000-0``), or
+    for channels-mode ``group_send`` events the last logged id plus ``.<n>``.
+
+Composite ids (``/sse/?stream=a&stream=b``)
+    One Last-Event-ID has to carry a position in every stream of the connection,
+    so each event's id lists them all: ``<stream>:<id>`` pairs joined by commas,
+    for example ``chat:1718000000000-3,notifications:1718000000042-0``.
+
+    - The first pair names the stream the event came from (its own id follows the
+      colon); the others follow in the order the client asked for the streams.
+    - An empty position (``chat:``) means the stream's log was empty when the
+      client connected: a reconnect replays that stream from the start of its log.
+    - Only ``A-Z a-z 0-9 . _ -``, ``:``, ``,`` and digits: no CR, LF or NUL, and
+      nothing a query string needs to escape besides ``:`` and ``,``.
+
+    :func:`parse_composite` is strict: a malformed pair, a stream named twice or
+    more pairs than the connection may have is an error (400).
 """
 
 import json
@@ -13,6 +32,9 @@ STREAM_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # Redis Stream entry ids ("<ms>-<seq>"), optionally followed by ".<n>" for the
 # live-only events that bypass the log (channels-mode group_send).
 EVENT_ID = re.compile(r"(\d{1,20})-(\d{1,20})(?:\.(\d{1,20}))?")
+# One position of a composite id: "<stream>:<id>", the id optional. ASCII digits
+# only: \d would also take other scripts' digits.
+POSITION = re.compile(r"([A-Za-z0-9._-]{1,64}):((?:[0-9]{1,20})-(?:[0-9]{1,20})(?:\.[0-9]{1,20})?)?")
 MAX_EVENT_NAME = 64
 RESET_EVENT = "reset"
 
@@ -62,6 +84,43 @@ def parse_id(value: str) -> EventKey:
 def format_id(key: EventKey) -> str:
     ms, seq, extra = key
     return f"{ms}-{seq}.{extra}" if extra else f"{ms}-{seq}"
+
+
+def parse_composite(value: str, limit: int) -> dict[str, EventKey | None]:
+    """A composite id as ``{stream: key}`` (None: the log was empty), or raise InvalidEvent."""
+    parts = value.split(",")
+    if len(parts) > limit:
+        raise InvalidEvent(f"composite id names more than {limit} streams")
+    positions: dict[str, EventKey | None] = {}
+    for part in parts:
+        match = POSITION.fullmatch(part)
+        if match is None:
+            raise InvalidEvent(f"malformed composite id part {part[:80]!r}: expected <stream>:<id>")
+        stream, id = match.groups()
+        if stream in positions:
+            raise InvalidEvent(f"composite id names stream {stream!r} twice")
+        positions[stream] = parse_id(id) if id else None
+    return positions
+
+
+def format_composite(first: str, positions: dict[str, str]) -> str:
+    """The composite id of an event from ``first``; ``positions`` maps stream to id text ("" if none)."""
+    rest = [f"{stream}:{id}" for stream, id in positions.items() if stream != first]
+    return ",".join([f"{first}:{positions[first]}", *rest])
+
+
+def with_id(frame: bytes, id: str) -> bytes:
+    """The same event frame (from :func:`encode`, id first) under another id.
+
+    Multi-stream connections re-label the frame the hub encoded once per event,
+    instead of encoding the event again for each of them.
+    """
+    if _FORBIDDEN.search(id) or not _is_utf8(id):
+        raise InvalidEvent("event id must not contain CR, LF, NUL or lone surrogates")
+    head, _, rest = frame.partition(b"\n")
+    if not head.startswith(b"id"):
+        raise ValueError("frame has no id line first")
+    return b"id: " + id.encode() + b"\n" + rest
 
 
 def dumps(data: Any) -> str:

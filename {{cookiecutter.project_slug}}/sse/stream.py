@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
-from sse import access
+from sse import access, cors, tokens
 from sse.auth import authorize
 from sse.backpressure import Writer, direct_writer
 from sse.broker import (
@@ -29,9 +29,11 @@ from sse.encoding import (
     InvalidEvent,
     dumps,
     encode,
+    parse_composite,
     parse_id,
     validate_stream,
 )
+from sse.multi import MultiConnection
 
 
 def plain(status: int, message: str, **headers: str) -> HttpResponse:
@@ -47,34 +49,85 @@ def last_event_id(request: HttpRequest) -> str | None:
     return request.headers.get("Last-Event-ID") or request.GET.get("last_event_id") or None
 
 
-async def stream_response(request: HttpRequest, stream: str) -> HttpResponse:
-    """The response for ``GET /sse/<stream>/``: a stream, or a 4xx/503 that says why."""
-    if request.method != "GET":
-        return plain(405, "SSE streams are read with GET", Allow="GET")
+def retry_frame() -> bytes:
+    # Sent at once: Daphne sends the headers only with the first body chunk.
+    # The jitter spreads the reconnect storm after a restart.
+    retry = setting("SSE_RETRY_MS", 3000)
+    return encode(retry=int(retry * random.uniform(0.8, 1.2)))
+
+
+async def stream_response(request: HttpRequest, stream: str | None = None) -> HttpResponse:
+    """The response for ``GET /sse/<stream>/`` (or, with no ``stream``, ``GET /sse/?stream=a&stream=b``).
+
+    A stream, or a 4xx/503 that says why in one line.
+    """
     try:
-        validate_stream(stream)
-    except InvalidEvent as exc:
-        return plain(404, str(exc))
-    if not await authorize(request, stream):
-        return plain(403, "you may not read this stream")
+        origin = cors.check(request)
+    except cors.Refused as exc:
+        response, origin = plain(403, str(exc)), None  # and no stream opened
+    else:
+        response = cors.preflight() if request.method == "OPTIONS" else await open_streams(request, stream)
+    cors.allow(response, origin)
+    return response
+
+
+async def open_streams(request: HttpRequest, stream: str | None) -> HttpResponse:
+    if request.method != "GET":
+        return plain(405, "SSE streams are read with GET", Allow="GET, OPTIONS")
+    multi = stream is None
+    limit = setting("SSE_MAX_STREAMS_PER_CONNECTION", 16)
+    if multi:
+        streams = list(dict.fromkeys(request.GET.getlist("stream")))  # duplicates collapse, order kept
+        if not streams:
+            return plain(400, "name at least one stream: /sse/?stream=a&stream=b")
+        if len(streams) > limit:
+            return plain(400, f"too many streams on one connection: {len(streams)}, at most {limit}")
+    else:
+        streams = [stream]
+    for name in streams:
+        try:
+            validate_stream(name)
+        except InvalidEvent as exc:
+            return plain(400 if multi else 404, str(exc))
+    try:
+        granted = tokens.granted(tokens.from_request(request), streams)
+    except tokens.TokenError as exc:
+        return plain(exc.status, f"token: {exc}")
+    for name in streams:
+        if name not in granted and not await authorize(request, name):
+            return plain(403, f"you may not read stream {name!r}")
     last_id = last_event_id(request)
+    positions = None
     if last_id is not None:
         try:
-            parse_id(last_id)
+            if multi:
+                positions = parse_composite(last_id, limit)
+                if unknown := [name for name in positions if name not in streams]:
+                    raise InvalidEvent(f"composite id names {unknown[0]!r}, which this connection does not read")
+            else:
+                parse_id(last_id)
         except InvalidEvent as exc:
             return plain(400, f"Last-Event-ID: {exc}")
-    record = await access.record(request, stream, last_id)
+    record = await access.record(request, ",".join(streams), last_id)
     hub = get_hub()
-    if hub.open >= setting("SSE_MAX_STREAMS", 20_000):
+    if hub.open + len(streams) > setting("SSE_MAX_STREAMS", 20_000):
         # Past this a process would run out of file descriptors or memory for everyone.
         return plain(503, "too many open streams on this server, retry shortly", Retry_After="5")
-    try:
-        sub = await hub.subscribe(stream)
-    except BrokerUnavailable:
+    results = await asyncio.gather(*(hub.subscribe(name) for name in streams), return_exceptions=True)
+    subs = [sub for sub in results if isinstance(sub, Subscription)]
+    if len(subs) < len(results):
+        for sub in subs:
+            hub.unsubscribe(sub)
+        if error := next((r for r in results if not isinstance(r, BrokerUnavailable | Subscription)), None):
+            raise error
         return plain(503, "event broker unavailable, retry shortly", Retry_After="5")
-    # The transports put Daphne's ASGI send in the scope: live events then skip ASGI.
-    connection = Connection(hub, sub, record, direct_writer(getattr(request, "scope", {}).get("sse.send")))
-    response = StreamingHttpResponse(connection.frames(), content_type="text/event-stream")
+    if multi:
+        connection: Connection | MultiConnection = MultiConnection(hub, subs, positions, record)
+    else:
+        # The transports put Daphne's ASGI send in the scope: live events then skip ASGI.
+        writer = direct_writer(getattr(request, "scope", {}).get("sse.send"))
+        connection = Connection(hub, subs[0], record, writer)
+    response = StreamingHttpResponse(connection.frames(retry_frame()), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     # nginx must not buffer the stream, whatever its proxy_buffering says.
     response["X-Accel-Buffering"] = "no"
@@ -95,17 +148,13 @@ class Connection:
     def close(self) -> None:
         self.hub.unsubscribe(self.sub)
 
-    async def frames(self) -> AsyncIterator[bytes]:
+    async def frames(self, retry: bytes) -> AsyncIterator[bytes]:
         record, sub = self.record, self.sub
         record.opened()
         reason = "server-closed"
         try:
-            # Sent at once: Daphne sends the headers only with the first body chunk.
-            # The jitter spreads the reconnect storm after a restart.
-            retry = setting("SSE_RETRY_MS", 3000)
-            chunk = encode(retry=int(retry * random.uniform(0.8, 1.2)))
-            record.sent(chunk, 0)
-            yield chunk
+            record.sent(retry, 0)
+            yield retry
             sent = ZERO
             if self.last_id is not None:
                 sent = parse_id(self.last_id)
@@ -123,9 +172,7 @@ class Connection:
             raise
         finally:
             self.close()
-            record.bytes += sub.sent_bytes  # what the hub wrote itself (the fast path)
-            record.events += sub.sent_events
-            record.closed(reason)
+            record.closed(reason, [sub])
 
     async def replay(self) -> AsyncIterator[tuple[bytes, EventKey, int]]:
         first = True

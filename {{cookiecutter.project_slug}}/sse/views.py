@@ -12,3 +12,7 @@ from sse.stream import stream_response
 
 async def stream(request: HttpRequest, stream: str) -> HttpResponse:
     return await stream_response(request, stream)
+
+
+async def streams(request: HttpRequest) -> HttpResponse:
+    return await stream_response(request)

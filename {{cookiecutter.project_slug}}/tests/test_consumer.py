@@ -134,3 +134,35 @@ async def test_private_streams_use_the_django_session(backend, settings):
         assert start_msg["status"] == expected, path
         await comm.send_input({"type": "http.disconnect"})
         await comm.wait(5)
+
+
+async def test_several_streams_cors_and_preflight_through_the_router(backend, stream, settings):
+    settings.SSE_CORS_ORIGINS = ["https://app.example.com"]
+    origin = [(b"origin", b"https://app.example.com")]
+    query = f"stream={stream}&stream={stream}-2".encode()
+    comm, start_msg, headers = await start("/sse/", origin, query)
+    assert start_msg["status"] == 200
+    assert headers[b"Access-Control-Allow-Origin"] == b"https://app.example.com"
+    assert headers[b"X-Content-Type-Options"] == b"nosniff"
+    assert (await body(comm)).startswith(b"retry: ")
+    event_id = await apublish(f"{stream}-2", "n", 1)
+    assert (await events_until(comm, 1))[0]["id"] == f"{stream}-2:{event_id},{stream}:"
+    await comm.send_input({"type": "http.disconnect"})
+    await comm.wait(5)
+    for path, headers, qs, status in [
+        ("/sse/", [(b"origin", b"https://evil.example")], query, 403),
+        ("/sse/", [], b"", 400),
+    ]:
+        comm, start_msg, _ = await start(path, headers, qs)
+        assert start_msg["status"] == status
+        await comm.send_input({"type": "http.disconnect"})
+        await comm.wait(5)
+    preflight = scope("/sse/", origin, query)
+    preflight["method"] = "OPTIONS"
+    comm = ApplicationCommunicator(application, preflight)
+    await comm.send_input({"type": "http.request", "body": b"", "more_body": False})
+    start_msg = await comm.receive_output(5)
+    assert start_msg["status"] == 204
+    assert dict(start_msg["headers"])[b"Access-Control-Allow-Methods"] == b"GET"
+    await comm.send_input({"type": "http.disconnect"})
+    await comm.wait(5)

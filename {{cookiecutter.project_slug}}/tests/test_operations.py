@@ -10,7 +10,7 @@ import redis
 from django.contrib.auth.models import User
 from django.test import AsyncClient, RequestFactory
 
-from sse import apublish, metrics
+from sse import apublish, metrics, tokens
 from sse.broker import get_hub
 from sse.stream import stream_response
 from tests.conftest import REDIS_URL, data_events, read_until
@@ -227,8 +227,9 @@ async def test_access_lines_have_the_fields_and_no_secrets(backend, stream, capl
     await client.aforce_login(user)
     session = client.cookies["sessionid"].value
     known = await apublish(f"user.{user.pk}", "n", 1)
+    token = tokens.mint([f"user.{user.pk}"], user=user)
     request = RequestFactory().get(
-        f"/sse/user.{user.pk}/?token=secret-token-value&last_event_id=1-0",
+        f"/sse/user.{user.pk}/?token={token}&last_event_id=1-0",
         HTTP_COOKIE=f"sessionid={session}",
         REMOTE_ADDR="198.51.100.7",
     )
@@ -254,4 +255,4 @@ async def test_access_lines_have_the_fields_and_no_secrets(backend, stream, capl
     assert disconnect["reason"] == "client-gone" and disconnect["events"] == "0"
     assert int(disconnect["bytes"]) > 0 and float(disconnect["duration"]) >= 0.05
     text = "\n".join(lines)
-    assert session not in text and "secret-token-value" not in text and "token" not in text
+    assert session not in text and token not in text and "token" not in text

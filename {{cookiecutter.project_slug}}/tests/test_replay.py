@@ -8,7 +8,7 @@ from django.test import RequestFactory
 
 from sse import access, apublish
 from sse.broker import get_hub
-from sse.stream import Connection, stream_response
+from sse.stream import Connection, retry_frame, stream_response
 from tests.conftest import data_events, parse, read_until
 
 rf = RequestFactory()
@@ -199,7 +199,7 @@ async def test_live_frames_skip_the_queue_until_the_client_falls_behind(backend,
     hub = get_hub()
     record = access.Record(rf.get(f"/sse/{stream}/"), stream, None, None)
     connection = Connection(hub, await hub.subscribe(stream), record, write)
-    frames = connection.frames()
+    frames = connection.frames(retry_frame())
     wire.append(await anext(frames))  # the retry line
 
     async def pump() -> None:  # what the transport does with what the connection yields

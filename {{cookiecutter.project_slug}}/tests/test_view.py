@@ -64,3 +64,23 @@ async def test_private_streams_use_the_django_session(backend, settings):
     assert mine.status_code == 200
     assert (await anext(mine.streaming_content)).startswith(b"retry:")
     await mine.streaming_content.aclose()
+
+
+async def test_several_streams_cors_and_preflight_through_django(backend, stream, settings):
+    settings.SSE_CORS_ORIGINS = ["https://app.example.com"]
+    origin = {"Origin": "https://app.example.com"}
+    client = AsyncClient()
+    response = await client.get(f"/sse/?stream={stream}&stream={stream}-2", headers=origin)
+    assert response.status_code == 200
+    assert response["Access-Control-Allow-Origin"] == "https://app.example.com"
+    assert response["X-Content-Type-Options"] == "nosniff"  # SecurityMiddleware ran
+    chunks = response.streaming_content
+    await anext(chunks)
+    event_id = await apublish(f"{stream}-2", "n", 1)
+    events = await read_until(chunks, data_events)
+    assert data_events(events)[0]["id"] == f"{stream}-2:{event_id},{stream}:"
+    await chunks.aclose()
+    preflight = await client.options(f"/sse/?stream={stream}", headers=origin)
+    assert preflight.status_code == 204 and preflight["Access-Control-Allow-Methods"] == "GET"
+    assert (await client.get(f"/sse/{stream}/", headers={"Origin": "https://evil.example"})).status_code == 403
+    assert (await client.get("/sse/")).status_code == 400

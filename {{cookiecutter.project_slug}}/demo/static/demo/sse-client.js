@@ -8,6 +8,12 @@
  *     onEvent(name, data, id, event) {},      // data is JSON.parse(event.data), or the raw string if that fails
  *     onStateChange(state, detail) {},
  *   });
+ *
+ * Several streams on one connection: pass their names, and the URL of the endpoint without a stream:
+ *   new SSEClient('/sse/', { streams: ['notifications', 'user.42'],
+ *     onEvent(name, data, id, event, stream) {} });  // stream: the one the event came from
+ * Ids are then composite ("a:<id>,b:<id>", the event's own stream first); streamOf(id) reads the stream.
+ *
  *   client.listen('chat');                    // add another event name later
  *   client.close();                           // stop for good (client.connect() starts again)
  *
@@ -24,6 +30,11 @@
  * reconnects send the Last-Event-ID header. A "reset" event means the id was outside the replay window.
  * Options baseDelay, maxDelay (ms), withCredentials and autoConnect (default true) are optional.
  */
+/** The stream a multi-stream event came from: the first position of its composite id. */
+export function streamOf(id) {
+  return id ? id.split(',')[0].split(':')[0] : null;
+}
+
 const FATAL = { 204: 'The server asked the client to stop', 400: 'Bad request (malformed last event id?)',
   401: 'Not signed in', 403: 'Not allowed to read this stream', 404: 'Stream not found' };
 
@@ -79,6 +90,10 @@ export class SSEClient {
 
   _currentUrl() {
     const url = new URL(this.url, window.location.href);
+    if (this.options.streams) {
+      url.searchParams.delete('stream');
+      this.options.streams.forEach((name) => url.searchParams.append('stream', name));
+    }
     if (this.lastEventId) url.searchParams.set('last_event_id', this.lastEventId);
     return url.href;
   }
@@ -93,7 +108,8 @@ export class SSEClient {
     else if (event.type === 'reset') this.lastEventId = null; // do not ask for the same lost id again
     let data = event.data;
     try { data = JSON.parse(event.data); } catch (_) { /* not JSON: keep the raw string */ }
-    this.options.onEvent?.(event.type, data, event.lastEventId || null, event);
+    const stream = this.options.streams ? streamOf(event.lastEventId) : null;
+    this.options.onEvent?.(event.type, data, event.lastEventId || null, event, stream);
   }
 
   async _probe() {

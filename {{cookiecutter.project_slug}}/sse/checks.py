@@ -1,0 +1,44 @@
+"""System checks for the SSE settings (``manage.py check``, and at startup via config.asgi)."""
+
+import re
+from typing import Any
+
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
+
+from sse.broker import setting
+
+ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?")
+
+
+@checks.register("sse")
+def cors_origins(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    origins = setting("SSE_CORS_ORIGINS", [])
+    if isinstance(origins, str):
+        return [checks.Error("SSE_CORS_ORIGINS must be a list of origins, not a string", id="sse.E001")]
+    errors = []
+    for origin in origins:
+        if "*" in origin:
+            errors.append(
+                checks.Error(
+                    f"SSE_CORS_ORIGINS contains {origin!r}: list exact origins. Streams are sent with "
+                    "credentials, and a wildcard would let any site read a signed-in user's streams.",
+                    id="sse.E002",
+                )
+            )
+        elif not ORIGIN.fullmatch(origin):
+            errors.append(
+                checks.Error(
+                    f"SSE_CORS_ORIGINS contains {origin!r}, which is not an origin: write "
+                    "scheme://host[:port], e.g. https://app.example.com (no path, no trailing slash)",
+                    id="sse.E003",
+                )
+            )
+    return errors
+
+
+def fail_fast() -> None:
+    """Refuse to serve with a broken SSE configuration: Daphne runs no system checks."""
+    errors = [message for message in checks.run_checks(tags=["sse"]) if message.is_serious()]
+    if errors:
+        raise ImproperlyConfigured("; ".join(f"{e.id}: {e.msg}" for e in errors))
