@@ -141,8 +141,10 @@ def saturation_medians(data: dict, systems: list[str]) -> dict[str, float | None
 def saturation_table(data: dict, systems: list[str]) -> list[str]:
     best = saturation_medians(data, systems)
     lines = [
-        ("| system | max good deliveries/s | last good rate (ev/s) | peak measured deliveries/s "
-        "| × naive | × django-eventstream | × ceiling |"),
+        (
+            "| system | max good deliveries/s | last good rate (ev/s) | peak measured deliveries/s "
+            "| × naive | × django-eventstream | × ceiling |"
+        ),
         "|---|---|---|---|---|---|---|",
     ]
     for system in systems:
@@ -161,8 +163,10 @@ def saturation_table(data: dict, systems: list[str]) -> list[str]:
 
 def reconnect_table(data: dict, systems: list[str]) -> list[str]:
     lines = [
-        ("| system | all caught up (s) | half caught up (s) | clients with exactly the missed events, in order "
-        "| lost | duplicated | out of order | other events |"),
+        (
+            "| system | all caught up (s) | half caught up (s) | clients with exactly the missed events, in order "
+            "| lost | duplicated | out of order | other events |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for system in systems:
@@ -192,8 +196,10 @@ def ratio_table(data: dict, systems: list[str]) -> list[str]:
     lines = [
         "Medians compared; for deliveries/s higher is better, for RSS and p99 lower is better.",
         "",
-        ("| system | deliveries/s × naive | × eventstream | × ceiling "
-        f"| RSS/stream at {top:,} × naive | × eventstream | × ceiling | fan-out p99 × naive | × eventstream | × ceiling |"),
+        (
+            "| system | deliveries/s × naive | × eventstream | × ceiling "
+            f"| RSS/stream at {top:,} × naive | × eventstream | × ceiling | fan-out p99 × naive | × eventstream | × ceiling |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in systems:
@@ -257,8 +263,10 @@ def machine_lines(data: dict) -> list[str]:
     m = data["machine"]
     cfg = data["config"]
     lines = [
-        (f"- Date: {m['date']}; template commit {m.get('template_commit', '?')}; "
-        f"{cfg['runs']} run(s), whole bench {data.get('duration_s', '?')} s"),
+        (
+            f"- Date: {m['date']}; template commit {m.get('template_commit', '?')}; "
+            f"{cfg['runs']} run(s), whole bench {data.get('duration_s', '?')} s"
+        ),
         f"- CPU: {m['cpu']}, {m['cores']} cores; kernel {m['kernel']}; Python {m['python']}; redis-server {m['redis']}",
         f"- Pinning: {m['pinning']}; load generator on uvloop: {m['uvloop_in_load_generator']}",
     ]
@@ -280,8 +288,10 @@ def markdown(data: dict) -> str:
         parts += [
             "## 1. Idle streams",
             "",
-            (f"Clients open streams in steps ({', '.join(f'{n:,}' for n in cfg['idle_levels'])}, 500 connecting at "
-            "a time) and hold them. RSS per stream = (server VmRSS with N open − VmRSS before) / N."),
+            (
+                f"Clients open streams in steps ({', '.join(f'{n:,}' for n in cfg['idle_levels'])}; at most 500 connecting "
+                "at once) and hold them. RSS per stream = (server VmRSS with N open − VmRSS before) / N."
+            ),
             "",
             *idle_table(data, systems),
             "",
@@ -290,9 +300,11 @@ def markdown(data: dict) -> str:
         parts += [
             "## 2. Fan-out",
             "",
-            (f"{cfg['clients']:,} clients, {cfg['fanout_events']} events at {cfg['fanout_rate']:g}/s from a separate "
-            f"publisher process. Latency: publish time in the event → bytes read by the client. Events still missing "
-            f"{cfg['drain_s']:g} s after the last publish count as lost, with an infinite latency."),
+            (
+                f"{cfg['clients']:,} clients, {cfg['fanout_events']} events at {cfg['fanout_rate']:g}/s from a separate "
+                f"publisher process. Latency: publish time in the event → bytes read by the client. Events still missing "
+                f"{cfg['drain_s']:g} s after the last publish count as lost, with an infinite latency."
+            ),
             "",
             *fanout_table(data, systems),
             "",
@@ -301,10 +313,12 @@ def markdown(data: dict) -> str:
         parts += [
             "## 3. Saturation",
             "",
-            (f"{cfg['clients']:,} clients; the event rate goes up in steps of {cfg['step_s']:g} s "
-            f"({', '.join(f'{r:g}' for r in cfg['rates'])} ev/s) until a step has p99 > 1 s or any loss. "
-            "Max good deliveries/s = clients × rate of the last good step; peak measured = the most deliveries/s "
-            "seen in any step, the failing one included."),
+            (
+                f"{cfg['clients']:,} clients; the event rate goes up in steps of {cfg['step_s']:g} s "
+                f"({', '.join(f'{r:g}' for r in cfg['rates'])} ev/s) until a step has p99 > 1 s or any loss. "
+                "Max good deliveries/s = clients × rate of the last good step; peak measured = the most deliveries/s "
+                "seen in any step, the failing one included."
+            ),
             "",
             *saturation_table(data, systems),
             "",
@@ -313,9 +327,11 @@ def markdown(data: dict) -> str:
         parts += [
             "## 4. Reconnect storm",
             "",
-            (f"{cfg['clients']:,} clients get one event, disconnect; {cfg['storm_events']} events are published; then "
-            "all reconnect at once with Last-Event-ID. Time from the reconnect burst until every client has every "
-            "missed event."),
+            (
+                f"{cfg['clients']:,} clients get one event, disconnect; {cfg['storm_events']} events are published; then "
+                "all reconnect at once with Last-Event-ID. Time from the reconnect burst until every client has every "
+                "missed event."
+            ),
             "",
             *reconnect_table(data, systems),
             "",
