@@ -55,7 +55,7 @@ class Config:
     fanout_rate: float = 20.0
     drain_s: float = 10.0
     rates: list[float] = field(
-        default_factory=lambda: [2, 3, 5, 7, 10, 14, 20, 28, 40, 56, 80, 112, 160, 224, 320, 448, 640]
+        default_factory=lambda: [1, 2, 3, 5, 7, 10, 14, 20, 28, 40, 56, 80, 112, 160, 224, 320, 448, 640]
     )
     step_s: float = 3.0
     storm_events: int = 100
@@ -336,37 +336,49 @@ async def scenario_fanout(system: System, gen: loadgen.LoadGen, cfg: Config, str
     return result
 
 
+async def saturation_step(
+    publisher: Publisher, clients: list[loadgen.Client], cfg: Config, rate: float, retry: bool
+) -> dict:
+    n = max(1, math.ceil(rate * cfg.step_s))
+    tag = f"r{rate:g}" + ("-again" if retry else "")
+    phase = loadgen.Phase(tag, n, clients)
+    started = time.time()
+    elapsed = await publisher.publish(tag, n, rate)
+    await phase.wait(max(0.5, 1.2 - (time.time() - started - elapsed)))
+    summary = phase.summary(start=started)
+    p99 = summary["latency_ms"]["p99"]
+    good = summary["lost"] == 0 and summary["duplicated"] == 0 and p99 is not None and p99 <= 1000
+    print(
+        f"    rate {rate:g}/s{' (again)' if retry else ''}: {summary['delivered']}/{summary['expected']} "
+        f"p99 {p99} ms, {summary['deliveries_per_s']:.0f}/s {'ok' if good else 'SATURATED'}",
+        flush=True,
+    )
+    return {
+        "rate": rate,
+        "retry": retry,
+        "offered_deliveries_per_s": rate * len(clients),
+        "good": good,
+        "publisher_behind": elapsed > 1.25 * n / rate + 0.2,
+        "publish_s": elapsed,
+        **summary,
+    }
+
+
 async def scenario_saturation(system: System, gen: loadgen.LoadGen, cfg: Config, stream: str) -> dict:
     publisher = await system.publisher(stream)
     steps = []
     try:
         clients = await connect_all(gen, f"/sse/{stream}/", cfg.clients)
         for rate in cfg.rates:
-            n = max(1, math.ceil(rate * cfg.step_s))
-            tag = f"r{rate:g}"
-            phase = loadgen.Phase(tag, n, clients)
-            started = time.time()
-            elapsed = await publisher.publish(tag, n, rate)
-            await phase.wait(max(0.5, 1.2 - (time.time() - started - elapsed)))
-            summary = phase.summary(start=started)
-            p99 = summary["latency_ms"]["p99"]
-            good = summary["lost"] == 0 and summary["duplicated"] == 0 and p99 is not None and p99 <= 1000
-            step = {
-                "rate": rate,
-                "offered_deliveries_per_s": rate * len(clients),
-                "good": good,
-                "publisher_behind": elapsed > 1.25 * n / rate + 0.2,
-                "publish_s": elapsed,
-                **summary,
-            }
+            step = await saturation_step(publisher, clients, cfg, rate, retry=False)
             steps.append(step)
-            print(
-                f"    rate {rate:g}/s: {summary['delivered']}/{summary['expected']} p99 {p99} ms, "
-                f"{summary['deliveries_per_s']:.0f}/s {'ok' if good else 'SATURATED'}",
-                flush=True,
-            )
-            if not good:
-                break
+            if not step["good"]:
+                # One bad step on a shared machine may be a hiccup elsewhere: confirm it once.
+                await asyncio.sleep(2.0)
+                step = await saturation_step(publisher, clients, cfg, rate, retry=True)
+                steps.append(step)
+                if not step["good"]:
+                    break
             await asyncio.sleep(0.3)
         await gen.close(clients)
     finally:
@@ -443,8 +455,11 @@ async def run_one(system: System, scenario: str, cfg: Config, label: str) -> dic
     except Exception as exc:  # noqa: BLE001 - one failing system must not lose the others' results
         result = {"error": f"{type(exc).__name__}: {exc}"}
         print(f"    ERROR {result['error']}", flush=True)
-    result["server_alive"] = system.proc is not None and system.proc.poll() is None
-    result["server_problems"] = system.stop()
+    finally:
+        alive = system.proc is not None and system.proc.poll() is None
+        problems = system.stop()
+    result["server_alive"] = alive
+    result["server_problems"] = problems
     result["seconds"] = round(time.monotonic() - started, 1)
     return result
 

@@ -315,7 +315,8 @@ def markdown(data: dict) -> str:
             "",
             (
                 f"{cfg['clients']:,} clients; the event rate goes up in steps of {cfg['step_s']:g} s "
-                f"({', '.join(f'{r:g}' for r in cfg['rates'])} ev/s) until a step has p99 > 1 s or any loss. "
+                f"({', '.join(f'{r:g}' for r in cfg['rates'])} ev/s) until a step has p99 > 1 s or any loss, "
+                "twice in a row (a failing step is repeated once, 2 s later). "
                 "Max good deliveries/s = clients × rate of the last good step; peak measured = the most deliveries/s "
                 "seen in any step, the failing one included."
             ),
