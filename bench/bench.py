@@ -59,6 +59,7 @@ class Config:
     )
     step_s: float = 3.0
     storm_events: int = 100
+    storm_timeout: float = 30.0
     pin: bool = True
 
 
@@ -412,7 +413,7 @@ async def scenario_reconnect(system: System, gen: loadgen.LoadGen, cfg: Config, 
         started = time.time()
         again, times = await gen.connect(len(last_ids), path, last_event_ids=last_ids, concurrency=None, timeout=30)
         gen.join_phase = None
-        all_in = await storm.wait(30)
+        all_in = await storm.wait(cfg.storm_timeout)
         done = sorted(c.done_at - started for c in storm.clients if c.done_at)
         exact = sum(c.unique == storm.n and not (c.dup or c.ooo or c.stray) for c in storm.clients)
         summary = storm.summary()
@@ -427,6 +428,7 @@ async def scenario_reconnect(system: System, gen: loadgen.LoadGen, cfg: Config, 
         "catch_up_s": round(done[-1], 3) if all_in and done else None,
         "catch_up_p50_s": round(loadgen.percentile(done, 50), 3) if done else None,
         "clients_exact": exact,
+        "clients_with_nothing": sum(c.unique == 0 for c in storm.clients),
         **{k: summary[k] for k in ("expected", "delivered", "lost", "duplicated", "out_of_order", "stray")},
         "errors": dict(gen.errors),
     }
@@ -548,6 +550,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, help="clients in fanout, saturation and reconnect")
     parser.add_argument("--events", type=int, help="events in the fan-out scenario")
     parser.add_argument("--idle", help="comma-separated idle levels, e.g. 1000,5000,10000")
+    parser.add_argument("--storm-timeout", type=float, help="seconds the reconnect storm may take (default 30)")
     args = parser.parse_args()
     args.systems = [s for s in args.systems.split(",") if s]
     args.scenarios = [s for s in args.scenarios.split(",") if s]
@@ -571,6 +574,8 @@ def main() -> None:
         cfg.clients = args.clients
     if args.events:
         cfg.fanout_events = args.events
+    if args.storm_timeout:
+        cfg.storm_timeout = args.storm_timeout
     if args.idle:
         cfg.idle_levels = [int(x) for x in args.idle.split(",")]
     cfg.pin = (os.cpu_count() or 1) >= 2

@@ -331,7 +331,7 @@ def markdown(data: dict) -> str:
             (
                 f"{cfg['clients']:,} clients get one event, disconnect; {cfg['storm_events']} events are published; then "
                 "all reconnect at once with Last-Event-ID. Time from the reconnect burst until every client has every "
-                "missed event."
+                f"missed event; n/a when some had not after {cfg.get('storm_timeout', 30):g} s (then see lost)."
             ),
             "",
             *reconnect_table(data, systems),
