@@ -161,6 +161,23 @@ def saturation_table(data: dict, systems: list[str]) -> list[str]:
     return lines
 
 
+def per_run_ratios(data: dict, systems: list[str]) -> list[str]:
+    """Ratios within each run: both systems measured minutes apart, under the same machine load."""
+    pairs = [
+        (a, b) for a, b in (("ours-channels", "naive"), ("ours-async_view", "eventstream")) if {a, b} <= set(systems)
+    ]
+    if not pairs:
+        return []
+    best: dict[int, dict[str, float]] = {}
+    for row in data["results"]:
+        if row["scenario"] == "saturation" and "max_good_deliveries_per_s" in row:
+            best.setdefault(row["run"], {})[row["system"]] = row["max_good_deliveries_per_s"]
+    lines = ["| run | " + " | ".join(f"{a} ÷ {b}" for a, b in pairs) + " |", "|---" * (len(pairs) + 1) + "|"]
+    for run, got in sorted(best.items()):
+        lines.append(f"| {run} | " + " | ".join(ratio(got.get(a), got.get(b)) for a, b in pairs) + " |")
+    return lines
+
+
 def reconnect_table(data: dict, systems: list[str]) -> list[str]:
     lines = [
         (
@@ -323,6 +340,10 @@ def markdown(data: dict) -> str:
             "",
             *saturation_table(data, systems),
             "",
+            "Saturation ratios within each run:",
+            "",
+            *per_run_ratios(data, systems),
+            "",
         ]
     if "reconnect" in scenarios:
         parts += [
@@ -378,7 +399,12 @@ def plots(data: dict, out: Path) -> list[str]:
     }
     if any(sat.values()) or any(rss.values()):
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
-        names = [LABELS.get(s, s).replace(", ", "\n").replace(" (", "\n(") for s in systems]
+        short = {
+            "naive": "naive\ntutorial",
+            "eventstream": "django-\neventstream",
+            "ceiling": "bare asyncio\n(ceiling)",
+        }
+        names = [short.get(s, s.replace("-", "\n", 1)) for s in systems]
         colors = [COLORS.get(s, "tab:green") for s in systems]
         a1.bar(names, [sat[s] or 0 for s in systems], color=colors)
         a1.set_title("max good deliveries/s (higher is better)")
