@@ -230,10 +230,11 @@ def wait_for_lines(daphne, count: int) -> None:
 def test_access_log_lines_in_daphnes_log_without_secrets(project, redis_server, start_daphne):
     daphne = start_daphne(SSE_PUBLIC_STREAMS="notifications")
     pk, session = project.run("-c", SESSION_SCRIPT, f"log{uuid.uuid4().hex[:6]}").stdout.split()
+    token = project.manage("sse_token", f"user.{pk}", "--user", pk, env=project.env()).stdout.strip()
     mine = SSEConnection(
         "127.0.0.1",
         daphne.port,
-        f"/sse/user.{pk}/?token=secret-token-value&last_event_id=1-0",
+        f"/sse/user.{pk}/?token={token}&last_event_id=1-0",
         {"Cookie": f"sessionid={session}; csrftoken=csrf-secret-value"},
     )
     assert mine.wait_status() == 200
@@ -269,6 +270,6 @@ def test_access_log_lines_in_daphnes_log_without_secrets(project, redis_server, 
     }
     assert [(line["event"], line["reason"]) for line in rest] == [("disconnect", "server-shutdown")], rest
     log = daphne.output()
-    for secret in (session, "secret-token-value", "csrf-secret-value"):
+    for secret in (session, token, "csrf-secret-value"):
         assert secret not in log
     assert event_id not in log, "event ids are not logged, except a reset's"

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The benchmark, in one command (see bench/README.md):
+#   bash bench/run.sh [--quick] [--runs 3] [--systems ours-channels,naive,...] [--scenarios idle,fanout,...]
+# Installs what is missing (redis-server with apt-get; virtualenvs under bench/build/), bakes both
+# modes of the template this script lives in, then runs bench.py pinned to CPU 1 (the servers it
+# starts are pinned to CPU 0). Results go to bench/results/.
+set -euo pipefail
+BENCH="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(dirname "$BENCH")"  # the template repository is the one this bench lives in
+BUILD="$BENCH/build"
+mkdir -p "$BUILD"
+
+if ! command -v redis-server >/dev/null; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "Installing redis-server"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+fi
+command -v taskset >/dev/null || { echo "taskset (util-linux) is required" >&2; exit 1; }
+
+venv() {  # venv NAME REQUIREMENTS...: create or update bench/build/venv-NAME
+    local dir="$BUILD/venv-$1"
+    shift
+    [ -x "$dir/bin/python" ] || python3 -m venv "$dir"
+    local reqs=()
+    for r in "$@"; do reqs+=(-r "$r"); done
+    "$dir/bin/pip" install -q --disable-pip-version-check "${reqs[@]}"
+}
+
+echo "== virtualenvs and bakes in $BUILD"
+venv tools "$BENCH/requirements-tools.txt"
+for mode in channels async_view; do
+    rm -rf "$BUILD/bake-$mode"
+    "$BUILD/venv-tools/bin/cookiecutter" --no-input -f -o "$BUILD/bake-$mode" "$ROOT" \
+        sse_mode="$mode" project_name="Bench $mode" project_slug=bench_project >/dev/null
+    # Production-like: settings come from the environment bench.py sets, not the dev .env.
+    rm -f "$BUILD/bake-$mode/bench_project/.env"
+    venv "ours-$mode" "$BUILD/bake-$mode/bench_project/requirements.txt"
+    (cd "$BUILD/bake-$mode/bench_project" && DJANGO_SECRET_KEY=bench DJANGO_DEBUG=0 \
+        "$BUILD/venv-ours-$mode/bin/python" manage.py migrate -v0)
+done
+venv naive "$BENCH/naive/requirements.txt"
+venv eventstream "$BENCH/eventstream/requirements.txt"
+
+ulimit -n "$(ulimit -Hn)"
+echo "== running (load generator on CPU 1, servers on CPU 0)"
+exec taskset -c 1 "$BUILD/venv-tools/bin/python" "$BENCH/bench.py" --build "$BUILD" "$@"

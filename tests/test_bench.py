@@ -1,0 +1,143 @@
+"""The benchmark cannot rot: its parser against tricky streams, and a small run of it end to end."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import random
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import MODES, ROOT
+from tests.sse_client import SSEParser as ReferenceParser
+
+sys.path.insert(0, str(ROOT / "bench"))
+loadgen = importlib.import_module("loadgen")  # bench/ is not a package: it runs as scripts
+
+
+def parse(*chunks: bytes) -> tuple[list[tuple[str, str, str]], loadgen.SSEParser]:
+    events: list[tuple[str, str, str]] = []
+    parser = loadgen.SSEParser(lambda *event: events.append(event))
+    for chunk in chunks:
+        parser.feed(chunk)
+    return events, parser
+
+
+def reference(raw: bytes) -> list[tuple[str, str, str]]:
+    parser = ReferenceParser()
+    parser.feed(raw)
+    return [(e.type, e.data, e.id) for e in parser.events]
+
+
+@pytest.mark.parametrize("end", [b"\n", b"\r\n", b"\r"])
+def test_every_line_end(end: bytes) -> None:
+    raw = end.join([b"retry: 1500", b"", b"id: 7", b"event: tick", b"data: a", b"data: b", b"", b""])
+    events, parser = parse(raw)
+    assert events == [("tick", "a\nb", "7")]
+    assert parser.retry == 1500
+
+
+def test_crlf_and_bom_split_across_chunks() -> None:
+    events, _ = parse(b"\xef", b"\xbb", b"\xbfdata: x\r", b"\n\r", b"\ndata: y\r", b"\r")
+    assert events == [("message", "x", ""), ("message", "y", "")]
+
+
+def test_only_the_first_bom_is_stripped() -> None:
+    events, _ = parse(b"\xef\xbb\xbfdata: 1\n\n\xef\xbb\xbfdata: 2\n\ndata: 3\n\n")
+    assert [e[1] for e in events] == ["1", "3"]  # "\ufeffdata" is an unknown field
+
+
+def test_fields_by_the_spec() -> None:
+    raw = (
+        b": a comment\n"
+        b"data\n"  # no colon: the whole line is the name, the value is empty
+        b"data:no space\n"
+        b"data:  two spaces\n\n"
+        b"event: only a type\n\n"  # no data: nothing dispatched, the type is reset
+        b"id: 1\0x\ndata: kept id\n\n"  # an id with NUL is ignored
+        b"id\ndata: id reset\n\n"
+        b"retry: 12a\nretry: 20\nunknown: x\ndata: \xff\n\n"
+        b"data: incomplete at the end\n"
+    )
+    events, parser = parse(raw)
+    assert events == [
+        ("message", "\nno space\n two spaces", ""),
+        ("message", "kept id", ""),
+        ("message", "id reset", ""),
+        ("message", "\ufffd", ""),
+    ]
+    assert parser.retry == 20
+    assert parser.comments == 1
+
+
+def test_id_only_block_sets_the_reconnect_id() -> None:
+    events, parser = parse(b"id: 5\ndata: x\n\nid: 9\n\n")
+    assert events == [("message", "x", "5")]
+    assert parser.last_event_id == "9"
+
+
+def test_any_split_matches_the_reference_parser() -> None:
+    rng = random.Random(5)
+    pieces = [b"data: ", b"x", b"\xc3\xa9", b"\n", b"\r\n", b"\r", b": c", b"id: 3", b"event: e", b"retry: 9"]
+    for _ in range(300):
+        raw = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 60)))
+        cuts = sorted(rng.sample(range(len(raw) + 1), min(len(raw) + 1, rng.randint(0, 6))))
+        chunks = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
+        # The stream goes on after raw: a final CR is a line end for both parsers then.
+        events, _ = parse(*chunks, b"\n\n")
+        assert events == reference(raw + b"\n\n"), (raw, cuts)
+
+
+def test_chunked_decoding_with_extensions_and_any_split() -> None:
+    body = b"4;ext=1\r\nabcd\r\n1\r\n\n\r\nA\r\n0123456789\r\n0\r\n\r\n"
+    for size in (1, 2, 3, 7, len(body)):
+        decoder = loadgen.ChunkedDecoder()
+        out = b"".join(decoder.feed(body[i : i + size]) for i in range(0, len(body), size))
+        assert out == b"abcd\n0123456789"
+        assert decoder.done
+
+
+def test_parser_keeps_up_with_a_fast_server() -> None:
+    event = b'id: 1700000000000-0\nevent: tick\ndata: {"p": "x", "s": 12345, "t": 1700000000.123456}\n\n'
+    stream = event * 100_000
+    chunks = [stream[i : i + 4096] for i in range(0, len(stream), 4096)]
+    count = 0
+
+    def on_event(*_: str) -> None:
+        nonlocal count
+        count += 1
+
+    parser = loadgen.SSEParser(on_event)
+    started = time.perf_counter()
+    for chunk in chunks:
+        parser.feed(chunk)
+    rate = count / (time.perf_counter() - started)
+    assert count == 100_000
+    assert rate > 100_000, f"{rate:.0f} events/s"
+
+
+@pytest.mark.parametrize("project", [MODES[0]], indirect=True)
+def test_bench_smoke(project, tmp_path) -> None:
+    """200 clients, 40 events at 20/s through the bench's own driver: no loss, a table."""
+    build = tmp_path / "build"
+    (build / f"bake-{project.mode}").mkdir(parents=True)
+    (build / f"bake-{project.mode}" / "bench_project").symlink_to(project.path)
+    (build / f"venv-ours-{project.mode}").symlink_to(project.venv)
+    out = tmp_path / "results"
+    cmd = [sys.executable, str(ROOT / "bench" / "bench.py"), "--build", str(build), "--out", str(out)]
+    cmd += ["--systems", f"ours-{project.mode}", "--scenarios", "fanout", "--runs", "1"]
+    cmd += ["--clients", "200", "--events", "40"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    data = json.loads((out / "results.json").read_text())
+    (result,) = data["results"]
+    assert "error" not in result, result
+    assert (result["expected"], result["delivered"]) == (8000, 8000), result
+    assert result["lost"] == result["duplicated"] == result["out_of_order"] == result["stray"] == 0
+    assert result["server_problems"] == [], result
+    table = (out / "results.md").read_text()
+    assert "## 2. Fan-out" in table
+    assert "| ours, channels mode | 8,000 / 8,000 | 0 | 0 | 0 |" in table
