@@ -80,7 +80,8 @@ def test_each_mode_keeps_only_its_files_and_dependencies(cookies, mode):
         assert "channels" not in requirements
         assert not re.search(r"^\s*(import|from) channels", sources, re.M), "async_view must not import Channels"
         assert "CHANNEL_LAYERS" not in (path / "config/settings.py").read_text()
-    for name in ["sse/encoding.py", "sse/broker.py", "sse/stream.py", "sse/management/commands/send_event.py"]:
+    shared = ["sse/encoding.py", "sse/broker.py", "sse/hub.py", "sse/stream.py", "sse/management/commands/send_event.py"]
+    for name in shared:
         assert (path / name).is_file(), name
 
 

@@ -26,7 +26,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.http import HttpRequest
 from django.utils.module_loading import import_string
 
-from sse.broker import setting
+from sse.conf import setting
 
 
 async def get_user(request: HttpRequest) -> Any:

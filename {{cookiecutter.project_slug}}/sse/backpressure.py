@@ -31,7 +31,7 @@ from typing import Any
 from twisted.internet import tcp
 
 from sse import access
-from sse.broker import setting
+from sse.conf import setting
 
 log = logging.getLogger("sse")
 

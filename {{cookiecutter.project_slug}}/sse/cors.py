@@ -14,7 +14,7 @@ cross-origin request and is left to the stream's own authorization.
 from django.http import HttpRequest, HttpResponse
 from django.utils.cache import patch_vary_headers
 
-from sse.broker import setting
+from sse.conf import setting
 
 # What fetch()-based clients send besides the safelisted headers.
 ALLOW_HEADERS = "Last-Event-ID, Cache-Control, Accept"

@@ -8,7 +8,8 @@ import asyncio
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
-from sse.broker import RedisBroker, get_broker, get_hub
+from sse.broker import get_broker, get_hub
+from sse.redis_backend import RedisBroker
 
 
 @require_GET

@@ -16,8 +16,8 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 
-from sse.broker import Hub
 from sse.encoding import InvalidEvent, dumps, validate_event_name
+from sse.hub import Hub
 
 log = logging.getLogger("sse")
 

@@ -14,7 +14,6 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from sse import access
-from sse.broker import PING, ZERO, Hub, Subscription
 from sse.encoding import (
     RESET_EVENT,
     EventKey,
@@ -25,6 +24,7 @@ from sse.encoding import (
     parse_id,
     with_id,
 )
+from sse.hub import PING, ZERO, Hub, Subscription
 
 UNSET = object()
 

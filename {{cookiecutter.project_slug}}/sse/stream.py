@@ -14,15 +14,8 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from sse import access, cors, tokens
 from sse.auth import authorize
 from sse.backpressure import Writer, direct_writer
-from sse.broker import (
-    PING,
-    ZERO,
-    BrokerUnavailable,
-    Hub,
-    Subscription,
-    get_hub,
-    setting,
-)
+from sse.broker import BrokerUnavailable, get_hub
+from sse.conf import setting
 from sse.encoding import (
     RESET_EVENT,
     EventKey,
@@ -33,6 +26,7 @@ from sse.encoding import (
     parse_id,
     validate_stream,
 )
+from sse.hub import PING, ZERO, Hub, Subscription
 from sse.multi import MultiConnection
 
 

@@ -1,0 +1,318 @@
+"""The Redis broker: a capped Redis Stream per stream for the log, pub/sub for live events.
+
+One Lua script does the XADD and the PUBLISH, so Redis publishes in log order
+even with concurrent publishers, and every client sees one order. Each process
+has one pub/sub connection (:class:`RedisFeed`) and catches up from the log
+after an outage.
+"""
+
+import asyncio
+import logging
+import threading
+import weakref
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+import redis.asyncio as aredis
+import redis.asyncio.sentinel
+import redis.sentinel
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from sse.broker import Broker, BrokerUnavailable, Entry, prepare
+from sse.conf import setting
+from sse.encoding import (
+    format_id,
+    parse_id,
+)
+from sse.hub import Feed, Hub
+
+log = logging.getLogger("sse")
+
+SENTINEL_KWARGS = {"socket_timeout": 5.0}  # how long to wait for a Sentinel to answer
+
+# ARGV: maxlen, event, data, key TTL (s), max age (ms). Age trimming is exact, so that
+# an entry past SSE_MAX_AGE is never replayed; length trimming removes whole nodes.
+PUBLISH_SCRIPT = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[2], 'data', ARGV[3])
+if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
+if tonumber(ARGV[5]) > 0 then
+  local ms = tonumber(string.match(id, '^(%d+)'))
+  redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d', ms - tonumber(ARGV[5])))
+end
+redis.call('PUBLISH', KEYS[1], id .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[3])
+return id
+"""
+
+
+def redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class RedisBroker(Broker):
+    """Redis Streams for the log, pub/sub (fed by the same Lua script) for live events."""
+
+    def __init__(self, url: str | None, sentinels: list[tuple[str, int]] | None = None) -> None:
+        self.url = url
+        self.sentinels = sentinels or []
+        self.master = setting("REDIS_SENTINEL_MASTER", "mymaster")
+        self.prefix = setting("SSE_KEY_PREFIX", "sse")
+        # Longer than every blocking read in play (the pub/sub poll, channels-redis'
+        # 5 s BZPOPMIN): redis-py 8's default would time out idle connections.
+        self.options = {
+            "socket_timeout": setting("SSE_REDIS_SOCKET_TIMEOUT", 30.0),
+            "socket_connect_timeout": setting("SSE_REDIS_CONNECT_TIMEOUT", 5.0),
+            "health_check_interval": 15,
+        }
+        self._sync: redis.Redis | None = None
+        self._sync_lock = threading.Lock()
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aredis.Redis] = weakref.WeakKeyDictionary()
+
+    @property
+    def where(self) -> str:
+        if self.sentinels:
+            hosts = ",".join(f"{host}:{port}" for host, port in self.sentinels)
+            return f"Redis (Sentinel master {self.master!r} via {hosts})"
+        return f"Redis at {redacted(self.url or '')}"
+
+    def _sentinel_options(self, **extra: Any) -> dict[str, Any]:
+        options = {k: v for k, v in setting("REDIS_SENTINEL_OPTIONS", {}).items() if v is not None}
+        return {**self.options, **options, **extra}
+
+    def key(self, stream: str) -> str:
+        return f"{self.prefix}:{stream}"
+
+    def close(self) -> None:
+        if self._sync is not None:
+            self._sync.close()
+
+    def client(self) -> redis.Redis:
+        with self._sync_lock:
+            if self._sync is None:
+                if self.sentinels:
+                    sentinel = redis.sentinel.Sentinel(self.sentinels, sentinel_kwargs=SENTINEL_KWARGS)
+                    self._sync = sentinel.master_for(self.master, **self._sentinel_options())
+                else:
+                    self._sync = redis.Redis.from_url(self.url, **self.options)
+            return self._sync
+
+    def aclient(self) -> aredis.Redis:
+        loop = asyncio.get_running_loop()
+        client = self._async.get(loop)
+        if client is None:
+            # Blocking pool: a burst of reconnecting clients waits for a connection
+            # instead of failing with MaxConnectionsError.
+            size = setting("SSE_REDIS_MAX_CONNECTIONS", 50)
+            client = self._async[loop] = self.new_aclient(max_connections=size, timeout=10)
+        return client
+
+    def new_aclient(self, **extra: Any) -> aredis.Redis:
+        if self.sentinels:
+            sentinel = aredis.sentinel.Sentinel(self.sentinels, sentinel_kwargs=SENTINEL_KWARGS)
+            extra.pop("timeout", None)  # the Sentinel pool does not block
+            return sentinel.master_for(self.master, **self._sentinel_options(**extra))
+        if "max_connections" in extra:
+            pool = aredis.BlockingConnectionPool.from_url(self.url, **self.options, **extra)
+            return aredis.Redis(connection_pool=pool)
+        return aredis.Redis.from_url(self.url, **self.options, **extra)
+
+    async def aclose(self) -> None:
+        client = self._async.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
+            await client.connection_pool.disconnect()
+
+    def unavailable(self, exc: Exception) -> BrokerUnavailable:
+        return BrokerUnavailable(f"{self.where} is unavailable: {exc}")
+
+    def _args(self, stream: str, event: str, data: Any) -> tuple[list[str], list[Any]]:
+        stream, event, payload = prepare(stream, event, data)
+        ttl = setting("SSE_STREAM_TTL", 86_400)
+        max_age_ms = int(setting("SSE_MAX_AGE", 86_400) * 1000)
+        return [self.key(stream)], [setting("SSE_MAXLEN", 10_000), event, payload, ttl, max_age_ms]
+
+    def publish(self, stream: str, event: str, data: Any) -> str:
+        keys, args = self._args(stream, event, data)
+        client = self.client()
+        try:
+            return client.register_script(PUBLISH_SCRIPT)(keys, args).decode()
+        except redis.RedisError as exc:
+            raise self.unavailable(exc) from None
+
+    async def apublish(self, stream: str, event: str, data: Any) -> str:
+        keys, args = self._args(stream, event, data)
+        client = self.aclient()
+        try:
+            return (await client.register_script(PUBLISH_SCRIPT)(keys, args)).decode()
+        except redis.RedisError as exc:
+            raise self.unavailable(exc) from None
+
+    async def areplay(self, stream: str, after: str, count: int) -> list[Entry] | None:
+        if not after:
+            try:
+                rows = await self.aclient().xrange(self.key(stream), min="-", count=count)
+            except redis.RedisError as exc:
+                raise self.unavailable(exc) from None
+            return [self._entry(row) for row in rows]
+        ms, seq, _ = parse_id(after)
+        base = f"{ms}-{seq}"
+        try:
+            # Inclusive range: the first entry proves `after` is still in the log.
+            rows = await self.aclient().xrange(self.key(stream), min=base, count=count + 1)
+        except redis.RedisError as exc:
+            raise self.unavailable(exc) from None
+        if not rows or rows[0][0].decode() != base:
+            return None
+        return [self._entry(row) for row in rows[1:]]
+
+    async def alast_id(self, stream: str) -> str | None:
+        try:
+            rows = await self.aclient().xrevrange(self.key(stream), count=1)
+        except redis.RedisError as exc:
+            raise self.unavailable(exc) from None
+        return rows[0][0].decode() if rows else None
+
+    @staticmethod
+    def _entry(row: Any) -> Entry:
+        id, fields = row
+        return id.decode(), fields[b"event"].decode(), fields[b"data"].decode()
+
+    def feed(self, hub: Hub) -> Feed:
+        return RedisFeed(self, hub)
+
+
+class RedisFeed:
+    """One pub/sub connection per process, with catch-up from the log after outages."""
+
+    def __init__(self, broker: RedisBroker, hub: Hub) -> None:
+        self.broker = broker
+        self.hub = hub
+        self.streams: dict[bytes, str] = {}
+        self.pubsub: aredis.client.PubSub | None = None
+        self.confirmed: dict[bytes, asyncio.Future[None]] = {}
+        self.lock = asyncio.Lock()
+        self.task: asyncio.Task[None] | None = None
+        self.failures = 0
+
+    async def watch(self, stream: str) -> None:
+        channel = self.broker.key(stream).encode()
+        async with self.lock:  # SUBSCRIBE and UNSUBSCRIBE leave in call order
+            self.streams[channel] = stream
+            if self.task is None:
+                self.task = self.hub.spawn(self.run())
+            confirmed = self.confirmed[channel] = self.hub.loop.create_future()
+            if self.pubsub is not None:
+                try:
+                    await self.pubsub.subscribe(channel)
+                except redis.RedisError:
+                    pass  # run() notices, reconnects and subscribes again
+        # Until Redis confirms, a PUBLISH could still miss us; replay comes after this.
+        try:
+            async with asyncio.timeout(self.broker.options["socket_connect_timeout"] * 2):
+                await asyncio.shield(confirmed)
+        except TimeoutError:
+            raise self.broker.unavailable(TimeoutError("no SUBSCRIBE confirmation")) from None
+
+    async def unwatch(self, stream: str) -> None:
+        channel = self.broker.key(stream).encode()
+        async with self.lock:
+            self.streams.pop(channel, None)
+            self.confirmed.pop(channel, None)
+            if self.pubsub is not None:
+                try:
+                    await self.pubsub.unsubscribe(channel)
+                except redis.RedisError:
+                    pass
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.listen()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self.failures == 0:  # once per outage, not once per client or retry
+                    expected = isinstance(exc, redis.RedisError | OSError)
+                    log.error(
+                        "sse: live events paused: %s; reconnecting", self.broker.unavailable(exc), exc_info=not expected
+                    )
+                self.failures += 1
+                await asyncio.sleep(min(0.05 * 2**self.failures, 2.0))
+
+    async def listen(self) -> None:
+        # No silent retries inside redis-py: a reconnect it hid from us would skip
+        # the catch-up below and lose what was published meanwhile.
+        client = self.broker.new_aclient(retry=Retry(NoBackoff(), 0))
+        pubsub = client.pubsub()
+        pending: list[dict[str, Any]] = []
+        try:
+            async with self.lock:
+                channels = list(self.streams)
+                self.confirmed = {ch: self.confirmed.get(ch) or self.hub.loop.create_future() for ch in channels}
+                if channels:
+                    await pubsub.subscribe(*channels)
+                else:
+                    await pubsub.ping()
+                self.pubsub = pubsub
+            waiting = set(channels)
+            while waiting:  # messages held back until the catch-up below is done
+                message = await pubsub.get_message(timeout=1.0)
+                if message and message["type"] == "subscribe":
+                    if message["channel"] in waiting:
+                        waiting.discard(message["channel"])
+                    else:  # watched since we connected: nothing to catch up
+                        self.confirm(message["channel"])
+                elif message and message["type"] == "message":
+                    pending.append(message)
+            await self.catch_up(channels)
+            for channel in channels:
+                self.confirm(channel)
+            if self.failures:
+                log.warning("sse: live events resumed after %d failed attempts", self.failures)
+                self.failures = 0
+            for message in pending:
+                self.handle(message)
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is not None:
+                    self.handle(message)
+        finally:
+            self.pubsub = None
+            await pubsub.aclose()
+            await client.aclose()
+
+    def confirm(self, channel: bytes) -> None:
+        future = self.confirmed.get(channel)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def handle(self, message: dict[str, Any]) -> None:
+        channel = message["channel"]
+        if message["type"] == "subscribe":
+            self.confirm(channel)
+        elif message["type"] == "message" and channel in self.streams:
+            id, event, data = message["data"].decode().split("\n", 2)
+            self.hub.deliver(self.streams[channel], id, event, data)
+
+    async def catch_up(self, channels: list[bytes]) -> None:
+        """Deliver what was logged while this process was not subscribed."""
+        for channel in channels:
+            stream = self.streams.get(channel)
+            last = self.hub.last.get(stream or "")
+            if stream is None or last is None:
+                continue
+            async for entries in self.broker.pages(stream, format_id(last)):
+                if entries is None:
+                    # The log moved past us: end these connections so that each client
+                    # reconnects and is told (reset event) instead of silently missing events.
+                    log.warning("sse: %s was trimmed past this process's position during an outage", stream)
+                    for sub in tuple(self.hub.subscribers.get(stream, ())):
+                        sub.close()
+                    break
+                for id, event, data in entries:
+                    self.hub.deliver(stream, id, event, data)
