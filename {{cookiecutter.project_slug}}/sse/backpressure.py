@@ -121,8 +121,9 @@ def direct_writer(send: Any) -> Writer | None:
                 sent = 0
             except OSError:
                 return True  # the reactor sees the broken socket and disconnects it
-            if sent < len(data):
-                transport.write(data[sent:])
+            if sent == len(data):
+                return True  # all of it is with the kernel: nothing waits here
+            transport.write(data[sent:])
         return buffered(transport) < limit
 
     return write

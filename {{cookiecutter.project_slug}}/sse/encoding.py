@@ -26,6 +26,7 @@ Composite ids (``/sse/?stream=a&stream=b``)
 
 import json
 import re
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 STREAM_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -158,3 +159,20 @@ def encode(
     if data is not None:
         lines.extend("data: " + line for line in _LINE_BREAK.split(data))
     return ("\n".join(lines) + "\n\n").encode()
+
+
+def writes(frames: Iterable[bytes], size: int = 65_536) -> Iterator[tuple[bytes, int]]:
+    """Frames joined into writes of about ``size`` bytes, each with its number of frames.
+
+    A replayed backlog then never lands in memory as one block.
+    """
+    batch: list[bytes] = []
+    total = 0
+    for frame in frames:
+        batch.append(frame)
+        total += len(frame)
+        if total >= size:
+            yield b"".join(batch), len(batch)
+            batch, total = [], 0
+    if batch:
+        yield b"".join(batch), len(batch)

@@ -11,9 +11,10 @@ shares.
 """
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 from sse import access
+from sse.broker import Entry
 from sse.encoding import (
     RESET_EVENT,
     EventKey,
@@ -23,6 +24,7 @@ from sse.encoding import (
     format_id,
     parse_id,
     with_id,
+    writes,
 )
 from sse.hub import PING, ZERO, Hub, Subscription
 
@@ -94,17 +96,15 @@ class MultiConnection:
                 sub.close()  # trimmed meanwhile: the reconnect gets the reset event
                 return
             first = False
-            batch: list[bytes] = []
-            size = 0
-            for index, (id, event, data) in enumerate(entries):
-                self.ids[stream] = id
-                self.sent[stream] = parse_id(id)
-                frame = encode(id=self.composite(stream), event=event, data=data)
-                batch.append(frame)
-                size += len(frame)
-                if size >= 65_536 or index == len(entries) - 1:
-                    yield b"".join(batch), len(batch)
-                    batch, size = [], 0
+            for write in writes(self.relabelled(stream, entries)):
+                yield write
+
+    def relabelled(self, stream: str, entries: list[Entry]) -> Iterator[bytes]:
+        """Replayed entries framed with this connection's composite id, advancing its position."""
+        for id, event, data in entries:
+            self.ids[stream] = id
+            self.sent[stream] = parse_id(id)
+            yield encode(id=self.composite(stream), event=event, data=data)
 
     async def reset(self, stream: str) -> bytes:
         """The reset event of one stream: the others replay normally."""

@@ -25,6 +25,7 @@ from sse.encoding import (
     parse_composite,
     parse_id,
     validate_stream,
+    writes,
 )
 from sse.hub import PING, ZERO, Hub, Subscription
 from sse.multi import MultiConnection
@@ -181,16 +182,10 @@ class Connection:
                 self.sub.close()
                 return
             first = False
-            batch: list[bytes] = []
-            size = 0
-            for index, (id, event, data) in enumerate(entries):
-                frame = encode(id=id, event=event, data=data)
-                batch.append(frame)
-                size += len(frame)
-                # Writes of about 64 KB: a backlog never lands in memory as one block.
-                if size >= 65_536 or index == len(entries) - 1:
-                    yield b"".join(batch), parse_id(id), len(batch)
-                    batch, size = [], 0
+            done = 0
+            for chunk, count in writes(encode(id=id, event=event, data=data) for id, event, data in entries):
+                done += count
+                yield chunk, parse_id(entries[done - 1][0]), count
 
     async def reset(self) -> tuple[bytes, EventKey]:
         """The documented event for an id the log no longer (or never) had."""

@@ -13,6 +13,7 @@ from sse.encoding import (
     parse_id,
     validate_event_name,
     validate_stream,
+    writes,
 )
 from tests.conftest import parse
 
@@ -124,3 +125,11 @@ def test_property_names_with_line_breaks_nul_or_surrogates_are_rejected(name):
 def test_property_anything_that_is_not_an_id_is_rejected(value):
     with pytest.raises(InvalidEvent):
         parse_id(value)
+
+
+def test_writes_join_frames_into_about_64_kb_in_order():
+    frames = [b"x" * 30_000, b"y" * 30_000, b"z" * 30_000, b"w" * 10]
+    batches = list(writes(frames))
+    assert batches == [(frames[0] + frames[1] + frames[2], 3), (frames[3], 1)]
+    assert list(writes([])) == []
+    assert list(writes([b"a", b"b"], size=1)) == [(b"a", 1), (b"b", 1)]
