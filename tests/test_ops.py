@@ -167,7 +167,8 @@ def send_event(project: Project, redis_url: str, stream: str) -> str:
 
 
 def test_metrics_count_real_connections_and_events(project, redis_server, start_daphne):
-    daphne = start_daphne(SSE_METRICS="1")
+    # Heartbeats every 0.2 s: the ones the hub writes itself must be counted too.
+    daphne = start_daphne(SSE_METRICS="1", SSE_HEARTBEAT="0.2")
     before = scrape(daphne)
     first = send_event(project, redis_server.url, "metered")
     clients = [connect(daphne, "metered"), connect(daphne, "metered", **{"Last-Event-ID": first})]
@@ -176,6 +177,7 @@ def test_metrics_count_real_connections_and_events(project, redis_server, start_
         assert [e.id for e in client.wait_events(3)] == ids
     during = scrape(daphne)
     assert during["sse_open_streams"] == before["sse_open_streams"] + 2
+    assert all(c.wait(lambda c: len(c.parser.comments) >= 2, 10) for c in clients), "heartbeats arrived"
     for client in clients:
         client.close()
     deadline = time.monotonic() + 10

@@ -105,6 +105,7 @@ class Subscription:
             if not self.write(PING):
                 self.write = None
             self.sent_bytes += len(PING)
+            metrics.BYTES_SENT.inc(len(PING))  # the hub wrote it: no stream yields it
         elif not self.dropped:
             self.pinged = True
             self._wake()
