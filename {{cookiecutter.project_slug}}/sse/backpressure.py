@@ -94,11 +94,28 @@ def internals(request: Any, transport: Any) -> bool:
     return _internals
 
 
+_unreachable_warned = False
+
+
+def unreachable(send: Any) -> None:
+    """Warn once when a ``send`` from Daphne no longer leads to its request (a Daphne that changed)."""
+    global _unreachable_warned
+    module = getattr(getattr(send, "func", send), "__module__", None) or ""
+    if not _unreachable_warned and module.startswith("daphne."):
+        _unreachable_warned = True
+        log.warning(
+            "sse: this Daphne's ASGI send does not lead to its Twisted request: no fast path, and a client "
+            "that stops reading is not detected (tested: daphne>=4.2,<5)"
+        )
+
+
 def guard(send: Send) -> Send:
     limit = setting("SSE_MAX_BUFFER", 1_048_576)
     request = daphne_request(send)
     transport = getattr(getattr(request, "channel", None), "transport", None)
     access.bind(transport)
+    if request is None:
+        unreachable(send)
     if not limit or not isinstance(transport, tcp.Connection):
         return send  # not Daphne on a TCP or unix socket (TLS inside Daphne, another server)
     if not internals(request, transport):

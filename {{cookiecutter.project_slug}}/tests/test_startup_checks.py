@@ -70,6 +70,21 @@ def test_the_twisted_probe_is_silent_when_everything_is_there(monkeypatch, caplo
     assert not caplog.records
 
 
+def test_a_daphne_send_that_leads_nowhere_is_reported_once(monkeypatch, caplog):
+    monkeypatch.setattr(backpressure, "_unreachable_warned", False)
+
+    async def send(message: dict) -> None:
+        pass
+
+    with caplog.at_level(logging.WARNING, logger="sse"):
+        backpressure.guard(send)  # another server's send: nothing to say
+        assert not caplog.records
+        send.__module__ = "daphne.server"  # as a future Daphne's might look
+        for _ in range(3):
+            assert backpressure.guard(send) is send
+    assert len(caplog.records) == 1 and "Daphne's ASGI send" in caplog.records[0].getMessage()
+
+
 class Consumer:
     """What Twisted calls on a registered producer, recorded."""
 
