@@ -5,6 +5,7 @@ from typing import Any
 
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
 
 from sse.conf import setting
 
@@ -35,6 +36,24 @@ def cors_origins(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
                 )
             )
     return errors
+
+
+@checks.register("sse")
+def authorize_policy(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    # Imported here, not at the first stream: a typo would make every stream a 500.
+    path = setting("SSE_AUTHORIZE", "sse.auth.default_policy")
+    try:
+        policy = import_string(path)
+    except Exception as exc:  # ImportError, or whatever the policy's module raises on import
+        return [checks.Error(f"SSE_AUTHORIZE = {path!r} cannot be imported: {exc}", id="sse.E010")]
+    if not callable(policy):
+        return [
+            checks.Error(
+                f"SSE_AUTHORIZE = {path!r} is not a callable (request, stream) -> bool",
+                id="sse.E011",
+            )
+        ]
+    return []
 
 
 def fail_fast() -> None:

@@ -4,12 +4,17 @@ It opens no stream. 200 when the broker is reachable, 503 when Redis is not.
 """
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
-from django.http import HttpRequest, JsonResponse
+from asgiref.sync import async_to_sync, iscoroutinefunction, markcoroutinefunction
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 
 from sse.broker import get_broker, get_hub
 from sse.redis_backend import RedisBroker
+
+PATH = "/health/"  # as in config/urls.py
 
 
 @require_GET
@@ -33,3 +38,35 @@ async def health(request: HttpRequest) -> JsonResponse:
             body["redis"] = "unavailable"
     ok = body["redis"] != "unavailable"
     return JsonResponse({"status": "ok" if ok else "unavailable", **body}, status=200 if ok else 503)
+
+
+class HealthProbe:
+    """Middleware that answers ``/health/`` before Django's Host check (put it right after SecurityMiddleware).
+
+    A load balancer probes each instance at its own address (``127.0.0.1:9095``),
+    which is not one of ``ALLOWED_HOSTS``. Host validation protects the URLs a
+    response builds from the Host header; this one builds none, so it may answer
+    whatever the Host. Every other path is validated as before.
+    ``SECURE_REDIRECT_EXEMPT`` spares it the HTTPS redirect.
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.is_async:
+            return self.acall(request)
+        if request.path_info == PATH:
+            return async_to_sync(health)(request)  # as Django runs an async view without ASGI
+        return self.get_response(request)
+
+    async def acall(self, request: HttpRequest) -> HttpResponse:
+        if request.path_info == PATH:
+            return await health(request)
+        return await self.get_response(request)

@@ -1,0 +1,165 @@
+"""Startup: the settings checks Daphne also runs, the Twisted probe, and /health/ for probes."""
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+from django.core.checks import run_checks
+from django.test import AsyncClient, Client
+
+from sse import backpressure, checks
+
+
+async def my_policy(request, stream: str) -> bool:
+    return True
+
+
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [
+        ("sse.auth.defualt_policy", "sse.E010"),
+        ("no_such_module.policy", "sse.E010"),
+        ("sse", "sse.E010"),  # not a dotted path to an attribute
+        ("sse.encoding.STREAM_NAME", "sse.E011"),  # a pattern, not a callable
+    ],
+)
+def test_a_bad_authorize_policy_is_a_check_error(settings, path, code):
+    settings.SSE_AUTHORIZE = path
+    errors = checks.authorize_policy()
+    assert [e.id for e in errors] == [code]
+    assert path in errors[0].msg
+    assert code in [e.id for e in run_checks(tags=["sse"])]
+
+
+def test_the_default_and_a_custom_policy_pass(settings):
+    assert checks.authorize_policy() == []
+    settings.SSE_AUTHORIZE = f"{__name__}.my_policy"
+    assert checks.authorize_policy() == []
+
+
+def test_fail_fast_refuses_a_bad_policy(settings):
+    from django.core.exceptions import ImproperlyConfigured
+
+    settings.SSE_AUTHORIZE = "sse.auth.nothing"
+    with pytest.raises(ImproperlyConfigured, match=r"sse\.E010"):
+        checks.fail_fast()
+
+
+def twisted_like(**missing: bool) -> tuple[SimpleNamespace, SimpleNamespace]:
+    request = SimpleNamespace(**{name: 0 for name in backpressure.REQUEST_INTERNALS if name not in missing})
+    transport = SimpleNamespace(**{name: 0 for name in backpressure.TRANSPORT_INTERNALS if name not in missing})
+    return request, transport
+
+
+def test_the_twisted_probe_warns_once_and_names_what_is_missing(monkeypatch, caplog):
+    monkeypatch.setattr(backpressure, "_internals", None)
+    request, transport = twisted_like(_tempDataLen=True, _disconnected=True)
+    with caplog.at_level(logging.WARNING, logger="sse"):
+        assert backpressure.internals(request, transport) is False
+        assert backpressure.internals(*twisted_like()) is False  # decided once per process
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "Request._disconnected" in warnings[0] and "SimpleNamespace._tempDataLen" in warnings[0]
+    assert "dataBuffer" not in warnings[0]
+
+
+def test_the_twisted_probe_is_silent_when_everything_is_there(monkeypatch, caplog):
+    monkeypatch.setattr(backpressure, "_internals", None)
+    with caplog.at_level(logging.WARNING, logger="sse"):
+        assert backpressure.internals(*twisted_like()) is True
+    assert not caplog.records
+
+
+def test_a_daphne_send_that_leads_nowhere_is_reported_once(monkeypatch, caplog):
+    monkeypatch.setattr(backpressure, "_unreachable_warned", False)
+
+    async def send(message: dict) -> None:
+        pass
+
+    with caplog.at_level(logging.WARNING, logger="sse"):
+        backpressure.guard(send)  # another server's send: nothing to say
+        assert not caplog.records
+        send.__module__ = "daphne.server"  # as a future Daphne's might look
+        for _ in range(3):
+            assert backpressure.guard(send) is send
+    assert len(caplog.records) == 1 and "Daphne's ASGI send" in caplog.records[0].getMessage()
+
+
+class Consumer:
+    """What Twisted calls on a registered producer, recorded."""
+
+    def __init__(self) -> None:
+        self.producer = None
+        self.channel = object()  # Twisted sets it to None when the connection is lost
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        assert streaming and self.producer is None
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        assert self.channel is not None, "Twisted's Request raises AttributeError here"
+        self.producer = None
+
+
+async def test_the_producer_guard_waits_while_twisted_is_paused_and_aborts_past_the_timeout(settings):
+    settings.SSE_SEND_TIMEOUT = 0.2
+    request, sent = Consumer(), []
+    transport = SimpleNamespace(aborted=False)
+    transport.abortConnection = lambda: setattr(transport, "aborted", True)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    guarded = backpressure.producer_guard(send, request, transport)
+    await guarded({"type": "http.response.start", "status": 200})
+    await guarded({"type": "http.response.body", "body": b"a", "more_body": True})
+    assert request.producer is not None
+    request.producer.pauseProducing()
+    request.producer.resumeProducing()  # the client read it: no wait
+    await guarded({"type": "http.response.body", "body": b"b", "more_body": True})
+    assert not transport.aborted
+    request.producer.pauseProducing()  # the client stopped reading
+    await guarded({"type": "http.response.body", "body": b"c", "more_body": True})
+    assert transport.aborted
+    await guarded({"type": "http.response.body", "body": b"", "more_body": False})
+    assert request.producer is None, "unregistered before the response ends"
+    assert [m.get("body") for m in sent] == [None, b"a", b"b", b"c", b""]
+
+
+async def test_the_producer_guard_ends_quietly_after_the_client_is_gone(settings):
+    request, sent = Consumer(), []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    guarded = backpressure.producer_guard(send, request, SimpleNamespace())
+    await guarded({"type": "http.response.body", "body": b"a", "more_body": True})
+    request.producer.stopProducing()
+    request.channel = None  # and Twisted can no longer unregister anything
+    await guarded({"type": "http.response.body", "body": b""})
+    assert len(sent) == 2
+
+
+@pytest.fixture
+def production(settings) -> None:
+    settings.ALLOWED_HOSTS = ["example.com"]
+    settings.SECURE_SSL_REDIRECT = True
+
+
+async def test_health_answers_a_probe_at_any_host_over_plain_http(production):
+    client = AsyncClient()  # Host: testserver, not an allowed host, as a probe's 127.0.0.1:9095 is not
+    response = await client.get("/health/")
+    assert response.status_code == 200 and response.json()["status"] == "ok"
+    assert response["X-Content-Type-Options"] == "nosniff", "SecurityMiddleware still adds its headers"
+    assert (await client.get("/")).status_code == 400
+    assert (await client.get("/health")).status_code == 400
+
+
+def test_health_answers_a_probe_under_wsgi_too_and_other_paths_are_unchanged(production):
+    probe = {"host": "10.0.0.5:9095"}  # how a load balancer reaches one instance
+    response = Client().get("/health/", headers=probe)
+    assert response.status_code == 200 and response.json()["status"] == "ok"
+    assert Client().get("/", headers=probe).status_code == 400
+    redirect = Client().get("/", headers={"host": "example.com"})
+    assert redirect.status_code == 301 and redirect["Location"] == "https://example.com/"
+    assert Client().get("/health/x", headers={"host": "example.com"}).status_code == 301
