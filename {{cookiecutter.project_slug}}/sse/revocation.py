@@ -18,7 +18,6 @@ and nothing here runs per event.
 
 import asyncio
 import logging
-import weakref
 from typing import Any
 
 from django.contrib.auth import SESSION_KEY, get_user_model
@@ -99,13 +98,11 @@ class Registry:
                     guarded.end("no longer allowed (re-check)")
 
 
-_registries: weakref.WeakKeyDictionary[Hub, Registry] = weakref.WeakKeyDictionary()
-
-
 def registry(hub: Hub) -> Registry:
-    found = _registries.get(hub)
+    """The hub's registry, kept on the hub: it lives and goes with that event loop."""
+    found = getattr(hub, "revocations", None)
     if found is None:
-        found = _registries[hub] = Registry(hub)
+        found = hub.revocations = Registry(hub)  # type: ignore[attr-defined]
     return found
 
 
@@ -186,11 +183,11 @@ def _on_logout(sender: Any, request: HttpRequest | None = None, user: Any = None
         revoke_user(pk)
 
 
-def _on_user_save(sender: Any, instance: Any, raw: bool = False, **kwargs: Any) -> None:
+def _on_user_save(sender: Any, instance: Any, created: bool = False, raw: bool = False, **kwargs: Any) -> None:
     # set_password() keeps the new raw password in _password until save() has written
     # it (post_save comes first): a password change, which invalidates the user's other
     # sessions. After the commit, so that reconnects see the change.
-    if raw:
+    if raw or created:
         return
     if getattr(instance, "_password", None) is not None or not getattr(instance, "is_active", True):
         pk = instance.pk
