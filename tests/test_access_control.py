@@ -74,15 +74,22 @@ class RawStream:
 
     def rest(self, timeout: float) -> bytes:
         """Everything until the server closes the connection (it must, within ``timeout`` seconds)."""
-        self.sock.settimeout(timeout)
+        deadline = time.monotonic() + timeout  # in all: heartbeats would reset a per-read timeout
         try:
-            while chunk := self.sock.recv(65536):
+            while (left := deadline - time.monotonic()) > 0:
+                self.sock.settimeout(left)
+                try:
+                    chunk = self.sock.recv(65536)
+                except TimeoutError:
+                    break
+                if not chunk:
+                    return self.raw
                 self.raw += chunk
         finally:
             self.sock.close()
-        return self.raw
+        raise AssertionError(f"still open after {timeout} s: {self.raw[-300:]!r}")
 
-    def ended_cleanly(self, timeout: float = 20.0) -> bool:
+    def ended_cleanly(self, timeout: float = 30.0) -> bool:
         return self.rest(timeout).endswith(b"\r\n0\r\n\r\n")  # the last chunk: not a reset connection
 
 
@@ -205,15 +212,14 @@ def test_in_memory_mode_logout_and_the_periodic_recheck_close_private_streams(pr
     stream = RawStream(daphne.port, f"/sse/user.{pk}/", f"sessionid={other_session}")
     time.sleep(2.5)  # re-checked at least twice while still allowed
     project.run("-c", DEACTIVATE_QUIETLY, pk)
-    assert stream.ended_cleanly(timeout=20)
+    assert stream.ended_cleanly()
     assert status_of(daphne.port, f"/sse/user.{pk}/", f"sessionid={other_session}") == 403
     assert reasons(daphne) == ["revoked", "revoked"], daphne.output()
     public.sock.settimeout(0.5)
     try:
-        public.sock.recv(1)  # the public stream is still open: nothing to read, no EOF
-        raise AssertionError("the public stream was closed")
+        assert public.sock.recv(1) != b"", "the public stream was closed"  # a heartbeat, at most
     except TimeoutError:
-        pass
+        pass  # open, and nothing to read
     public.sock.close()
 
 
