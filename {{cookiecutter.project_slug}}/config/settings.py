@@ -145,6 +145,9 @@ SSE_REDIS_MAX_CONNECTIONS = env.int("SSE_REDIS_MAX_CONNECTIONS", default=50)
 # The default allows these fnmatch patterns to everyone and user.<id> to that user.
 SSE_AUTHORIZE = env.str("SSE_AUTHORIZE", default="sse.auth.default_policy")
 SSE_PUBLIC_STREAMS = env.list("SSE_PUBLIC_STREAMS", default=["notifications", "chat"])
+# Open non-public streams are authorized again this often (seconds; 0: only at logout and
+# password change, which close them at once).
+SSE_RECHECK_INTERVAL = env.float("SSE_RECHECK_INTERVAL", default=300.0)
 # Prometheus metrics at /metrics/: 404 unless on; then only for these addresses
 # (exact, or CIDR networks) and staff users. Behind nginx the address is the client's.
 SSE_METRICS = env.bool("SSE_METRICS", default=False)
@@ -183,8 +186,11 @@ else:
 
 
 def _one_line(record: logging.LogRecord) -> bool:
-    # A bad Host header is the client's mistake: log one line, not a traceback.
-    record.exc_info = record.exc_text = None
+    # A SuspiciousOperation (a bad Host header, too many query fields...) is the client's
+    # mistake: log one line, not a traceback. On the handler: a logger's own filter would
+    # miss the records of its children (django.security.<name>).
+    if record.name.startswith("django.security."):
+        record.exc_info = record.exc_text = None
     return True
 
 
@@ -196,13 +202,12 @@ LOGGING = {
         "one_line": {"()": "django.utils.log.CallbackFilter", "callback": _one_line},
         "mask_tokens": {"()": "sse.logmask.MaskTokens"},  # runserver's request lines
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["one_line"]}},
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         "sse": {"level": env.str("SSE_LOG_LEVEL", default="INFO"), "propagate": True},
         # One line per stream connect, disconnect and reset (sse/access.py); WARNING silences them.
         "sse.access": {"level": env.str("SSE_ACCESS_LOG_LEVEL", default="INFO"), "propagate": True},
-        "django.security.DisallowedHost": {"level": "WARNING", "filters": ["one_line"]},
         "django.channels.server": {"filters": ["mask_tokens"]},
     },
 }

@@ -9,8 +9,9 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
 from sse import apublish
+from sse.auth import is_public
 from sse.broker import BrokerUnavailable
-from sse.encoding import InvalidEvent
+from sse.encoding import InvalidEvent, validate_stream
 
 PROJECT_NAME = {{ cookiecutter.project_name|tojson|replace('\\"', '\\u0022') }}
 STREAMS = ["notifications", "chat"]
@@ -44,8 +45,13 @@ async def publish_view(request: HttpRequest) -> HttpResponse:
     try:
         body = json.loads(request.body)
         stream, event, data = body["stream"], body.get("event") or "message", body.get("data")
+        validate_stream(stream)
+        if not is_public(stream):
+            # Anyone may use this form in development: private (user.<id>) and other
+            # non-public streams are not for it, or a visitor could forge their events.
+            return JsonResponse({"error": f"the demo publishes to public streams only, not {stream!r}"}, status=403)
         event_id = await apublish(stream, event, data)
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         message = str(exc) if isinstance(exc, InvalidEvent) else "expected JSON {stream, event, data}"
         return JsonResponse({"error": message}, status=400)
     except BrokerUnavailable:

@@ -8,7 +8,8 @@ Lines are ``key=value`` pairs, for example::
 reason=client-gone
 
 ``reason`` is ``client-gone``, ``slow-client`` (closed for falling behind: it
-reconnects and replays), ``server-shutdown`` or ``server-closed``. Built only
+reconnects and replays), ``revoked`` (its reader may no longer read it: see
+sse.revocation), ``server-shutdown`` or ``server-closed``. Built only
 from the stream name, the peer address and the user's id: never the query
 string (which may carry a token), headers, cookies or session ids.
 
@@ -56,7 +57,7 @@ def line(**fields: object) -> str:
 class Record:
     """One connection's line fields and running totals."""
 
-    __slots__ = ("bytes", "events", "fields", "last_id", "started")  # one per open stream
+    __slots__ = ("bytes", "ended", "events", "fields", "last_id", "started")  # one per open stream
 
     def __init__(self, request: HttpRequest, stream: str, last_id: str | None, user_id: object) -> None:
         address = request.META.get("REMOTE_ADDR") or "-"
@@ -69,6 +70,7 @@ class Record:
         self.started = time.monotonic()
         self.bytes = 0
         self.events = 0
+        self.ended: str | None = None  # why the server closed it, when not for falling behind
 
     def opened(self) -> None:
         metrics.CONNECTIONS.inc()

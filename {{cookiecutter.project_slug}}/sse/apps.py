@@ -9,3 +9,7 @@ class SseConfig(AppConfig):
         from sse import checks, logmask  # noqa: F401  (registers the checks)
 
         logmask.mask_daphne_access_log()
+
+        from sse import revocation
+
+        revocation.connect_signals()

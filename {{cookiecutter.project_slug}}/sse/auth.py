@@ -3,8 +3,9 @@
 ``SSE_AUTHORIZE`` names a callable ``(request, stream) -> bool``, sync or async,
 called for every stream request before anything is subscribed. The default:
 
-- streams matching a pattern in ``SSE_PUBLIC_STREAMS`` (``fnmatch`` style) are public;
-- ``user.<id>`` is readable only by the authenticated user with that primary key;
+- ``user.<id>`` is readable only by the authenticated user with that primary key,
+  even when a public pattern (say ``*``) matches it;
+- other streams matching a pattern in ``SSE_PUBLIC_STREAMS`` (``fnmatch`` style) are public;
 - everything else is denied (403).
 
 Write your own in any module, for example::
@@ -28,6 +29,8 @@ from django.utils.module_loading import import_string
 
 from sse.conf import setting
 
+PRIVATE_PREFIX = "user."
+
 
 async def get_user(request: HttpRequest) -> Any:
     """The session user, in either mode (Django's middleware or Channels' scope)."""
@@ -36,13 +39,21 @@ async def get_user(request: HttpRequest) -> Any:
     return getattr(request, "user", None) or AnonymousUser()
 
 
+def is_private(stream: str) -> bool:
+    """A ``user.<id>`` stream: its user's alone, whatever ``SSE_PUBLIC_STREAMS`` says."""
+    return stream.startswith(PRIVATE_PREFIX)
+
+
+def is_public(stream: str) -> bool:
+    # Private names are decided first: a pattern like "*" must not open them to everyone.
+    return not is_private(stream) and any(fnmatchcase(stream, p) for p in setting("SSE_PUBLIC_STREAMS", []))
+
+
 async def default_policy(request: HttpRequest, stream: str) -> bool:
-    if any(fnmatchcase(stream, pattern) for pattern in setting("SSE_PUBLIC_STREAMS", [])):
-        return True
-    if stream.startswith("user."):
+    if is_private(stream):
         user = await get_user(request)
-        return bool(user.is_authenticated) and stream == f"user.{user.pk}"
-    return False
+        return bool(user.is_authenticated) and stream == f"{PRIVATE_PREFIX}{user.pk}"
+    return is_public(stream)
 
 
 async def authorize(request: HttpRequest, stream: str) -> bool:

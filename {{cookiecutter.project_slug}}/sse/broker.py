@@ -96,6 +96,10 @@ class Broker:
     def feed(self, hub: Hub) -> Feed:
         raise NotImplementedError
 
+    def publish_control(self, message: str) -> None:
+        """Tell every process's hub ``message`` (sse.revocation), at most once, no log entry."""
+        raise NotImplementedError
+
     def close(self) -> None:
         """Close the connection publish() uses (when settings change in tests)."""
 

@@ -1,6 +1,7 @@
 """System checks for the SSE settings (``manage.py check``, and at startup via config.asgi)."""
 
 import re
+from fnmatch import fnmatchcase
 from typing import Any
 
 from django.core import checks
@@ -54,6 +55,28 @@ def authorize_policy(app_configs: Any = None, **kwargs: Any) -> list[checks.Chec
             )
         ]
     return []
+
+
+# What private stream names look like, for user models with integer, text or UUID keys.
+PRIVATE_SAMPLES = ["user.1", "user.42", "user.alice", "user.0f8fad5b-d9cb-469f-a165-70867728950e"]
+
+
+@checks.register("sse")
+def public_patterns(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    patterns = setting("SSE_PUBLIC_STREAMS", [])
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    matching = [p for p in patterns if any(fnmatchcase(name, p) for name in PRIVATE_SAMPLES)]
+    if not matching:
+        return []
+    return [
+        checks.Warning(
+            f"SSE_PUBLIC_STREAMS {matching} match private user.<id> streams. Those stay readable by their "
+            "user only: the pattern does not make them public.",
+            hint="Name the public streams (e.g. notifications, chat) or use a pattern outside user.*",
+            id="sse.W007",
+        )
+    ]
 
 
 def fail_fast() -> None:

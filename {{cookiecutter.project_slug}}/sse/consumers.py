@@ -10,16 +10,20 @@ The response itself comes from the same code as in async_view mode.
 """
 
 import asyncio
+import logging
+from http import HTTPStatus
 from io import BytesIO
 from typing import Any
 
 from channels.generic.http import AsyncHttpConsumer
 from django.contrib.auth.middleware import AuthenticationMiddleware
 from django.contrib.sessions.middleware import SessionMiddleware
-from django.core.exceptions import DisallowedHost
+from django.core.exceptions import BadRequest, PermissionDenied, SuspiciousOperation
 from django.core.handlers.asgi import ASGIRequest
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
+from django.http.multipartparser import MultiPartParserError
 from django.middleware.security import SecurityMiddleware
+from django.utils.log import log_response
 
 from sse.backpressure import guard
 from sse.stream import plain, stream_response
@@ -27,6 +31,31 @@ from sse.stream import plain, stream_response
 
 def no_response(request: HttpRequest) -> HttpResponse:
     return HttpResponse()  # the middleware above only process requests; nothing to wrap
+
+
+def refusal(request: HttpRequest, exc: Exception) -> HttpResponse | None:
+    """What Django's handler answers to ``exc`` (a 4xx), as a short plain response; None for a bug.
+
+    Django's handler is not in front of a consumer, so a bad request (too many
+    query fields, a bad Host, ...) would otherwise be a 500 with a traceback.
+    One log line on the logger Django would use, without the traceback: the
+    client's mistake, not the server's.
+    """
+    logger = logging.getLogger("django.request")
+    if isinstance(exc, Http404):
+        status = 404
+    elif isinstance(exc, PermissionDenied):
+        status = 403
+    elif isinstance(exc, BadRequest | MultiPartParserError | SuspiciousOperation):
+        status = 400
+        if isinstance(exc, SuspiciousOperation):
+            logger = logging.getLogger(f"django.security.{type(exc).__name__}")
+    else:
+        return None
+    response = plain(status, HTTPStatus(status).phrase)
+    message = str(exc) or response.reason_phrase
+    log_response("%s: %s", message, request.path, response=response, request=request, logger=logger)
+    return response
 
 
 class SSEConsumer(AsyncHttpConsumer):
@@ -41,23 +70,27 @@ class SSEConsumer(AsyncHttpConsumer):
         if message.get("more_body"):
             return
         request = ASGIRequest(self.scope, BytesIO())
-        SessionMiddleware(no_response).process_request(request)
-        AuthenticationMiddleware(no_response).process_request(request)
-        security = SecurityMiddleware(no_response)  # reads settings now
         try:
-            request.get_host()
-        except DisallowedHost:
-            response = plain(400, "invalid Host header")
-        else:
-            stream = self.scope["url_route"]["kwargs"].get("stream")  # none for /sse/?stream=a&stream=b
-            response = security.process_request(request) or await stream_response(request, stream)
-            response = security.process_response(request, response)
+            response = await self.respond(request)
+        except Exception as exc:
+            response = refusal(request, exc)
+            if response is None:
+                raise
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.items()]
         await self.send_headers(status=response.status_code, headers=headers)
         if response.streaming:
             self.task = asyncio.create_task(self.pump(response))
         else:
             await self.send_body(response.content)
+
+    async def respond(self, request: HttpRequest) -> HttpResponse:
+        SessionMiddleware(no_response).process_request(request)
+        AuthenticationMiddleware(no_response).process_request(request)
+        security = SecurityMiddleware(no_response)  # reads settings now
+        request.get_host()  # DisallowedHost: a 400, as in Django
+        stream = self.scope["url_route"]["kwargs"].get("stream")  # none for /sse/?stream=a&stream=b
+        response = security.process_request(request) or await stream_response(request, stream)
+        return security.process_response(request, response)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         try:

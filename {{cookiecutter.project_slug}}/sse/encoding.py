@@ -133,6 +133,8 @@ def dumps(data: Any) -> str:
             text = json.dumps(data, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidEvent(f"data is not JSON-serializable: {exc}") from None
+    except RecursionError:
+        raise InvalidEvent("data is nested too deeply to serialize") from None
     return text
 
 

@@ -65,6 +65,15 @@ class MemoryBroker(Broker):
             entries = self._logs.get(stream)
             return entries[-1][0] if entries else None
 
+    def publish_control(self, message: str) -> None:
+        from sse import revocation
+
+        for hub in list(self.hubs):
+            try:
+                hub.loop.call_soon_threadsafe(revocation.received, hub, message)
+            except RuntimeError:  # that loop is closed
+                self.hubs.discard(hub)
+
     def feed(self, hub: Hub) -> Feed:
         self.hubs.add(hub)
         return NullFeed(hub)

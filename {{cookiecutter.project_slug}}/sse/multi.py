@@ -77,7 +77,7 @@ class MultiConnection:
                 record.sent(chunk, events)
                 yield chunk
             if any(sub.dropped for sub in self.subs):
-                reason = "slow-client"
+                reason = record.ended or "slow-client"
         except (asyncio.CancelledError, GeneratorExit):
             reason = access.cancelled_reason()
             raise

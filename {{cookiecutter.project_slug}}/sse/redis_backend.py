@@ -20,6 +20,7 @@ import redis.sentinel
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from sse import revocation
 from sse.broker import Broker, BrokerUnavailable, Entry, prepare
 from sse.conf import setting
 from sse.encoding import (
@@ -185,6 +186,17 @@ class RedisBroker(Broker):
     def feed(self, hub: Hub) -> Feed:
         return RedisFeed(self, hub)
 
+    @property
+    def control_channel(self) -> bytes:
+        # "!" is no stream name character: no stream's channel can be this one.
+        return f"{self.prefix}:!control".encode()
+
+    def publish_control(self, message: str) -> None:
+        try:
+            self.client().publish(self.control_channel, message)
+        except redis.RedisError as exc:
+            raise self.unavailable(exc) from None
+
 
 class RedisFeed:
     """One pub/sub connection per process, with catch-up from the log after outages."""
@@ -198,6 +210,8 @@ class RedisFeed:
         self.lock = asyncio.Lock()
         self.task: asyncio.Task[None] | None = None
         self.failures = 0
+        # Subscribed with the streams, on every (re)connection; never unwatched.
+        self.streams[broker.control_channel] = ""
 
     async def watch(self, stream: str) -> None:
         channel = self.broker.key(stream).encode()
@@ -295,6 +309,8 @@ class RedisFeed:
         channel = message["channel"]
         if message["type"] == "subscribe":
             self.confirm(channel)
+        elif message["type"] == "message" and channel == self.broker.control_channel:
+            revocation.received(self.hub, message["data"].decode())
         elif message["type"] == "message" and channel in self.streams:
             id, event, data = message["data"].decode().split("\n", 2)
             self.hub.deliver(self.streams[channel], id, event, data)

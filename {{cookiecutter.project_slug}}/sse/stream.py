@@ -6,13 +6,15 @@ events newer than the last one sent.
 """
 
 import asyncio
+import functools
 import random
 from collections.abc import AsyncIterator
 
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.utils.cache import patch_vary_headers
 
-from sse import access, cors, tokens
-from sse.auth import authorize
+from sse import access, cors, revocation, tokens
+from sse.auth import authorize, get_user, is_public
 from sse.backpressure import Writer, direct_writer
 from sse.broker import BrokerUnavailable, get_hub
 from sse.conf import setting
@@ -63,6 +65,9 @@ async def stream_response(request: HttpRequest, stream: str | None = None) -> Ht
     else:
         response = cors.preflight() if request.method == "OPTIONS" else await open_streams(request, stream)
     cors.allow(response, origin)
+    # Who may read a stream depends on the session: no cache may share one user's answer
+    # with another. (Django's session middleware adds this in async_view mode, not for consumers.)
+    patch_vary_headers(response, ("Cookie",))
     return response
 
 
@@ -85,12 +90,19 @@ async def open_streams(request: HttpRequest, stream: str | None) -> HttpResponse
         except InvalidEvent as exc:
             return plain(400 if multi else 404, str(exc))
     try:
-        granted = tokens.granted(tokens.from_request(request), streams)
+        granted, token_user = await tokens.agranted(tokens.from_request(request), streams)
     except tokens.TokenError as exc:
         return plain(exc.status, f"token: {exc}")
+    by_policy = []  # allowed now, re-checked while open (sse.revocation); public ones never
     for name in streams:
-        if name not in granted and not await authorize(request, name):
+        if name in granted:
+            continue
+        if not await authorize(request, name):
             return plain(403, f"you may not read stream {name!r}")
+        if not is_public(name):
+            by_policy.append(name)
+    if not any(not is_public(name) for name in granted):
+        token_user = None  # a token's public streams need no watching
     last_id = last_event_id(request)
     positions = None
     if last_id is not None:
@@ -127,6 +139,11 @@ async def open_streams(request: HttpRequest, stream: str | None) -> HttpResponse
     # nginx must not buffer the stream, whatever its proxy_buffering says.
     response["X-Accel-Buffering"] = "no"
     response._resource_closers.append(connection.close)
+    user = await get_user(request)
+    session_user = str(user.pk) if user.is_authenticated else None
+    guarded = revocation.guard(hub, request, subs, record, by_policy, session_user, token_user)
+    if guarded is not None:
+        response._resource_closers.append(functools.partial(revocation.release, hub, guarded))
     return response
 
 
@@ -161,7 +178,7 @@ class Connection:
                 record.sent(chunk, events)
                 yield chunk
             if sub.dropped:
-                reason = "slow-client"
+                reason = record.ended or "slow-client"
         except (asyncio.CancelledError, GeneratorExit):
             reason = access.cancelled_reason()
             raise

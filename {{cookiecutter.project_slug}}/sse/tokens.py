@@ -21,8 +21,10 @@ How it combines with ``SSE_AUTHORIZE``:
   request's own session, as if there were no token;
 - a ``user.<id>`` stream is granted only to a token naming that user (``mint``
   refuses anything else), so a token never reaches another user's stream;
-- a token is checked when a connection opens: an open stream outlives it, a
-  reconnect after it expired gets 403.
+- a token is checked when a connection opens: an open stream outlives its expiry,
+  a reconnect after it expired gets 403;
+- a token naming a user who no longer exists or is inactive is refused (403), and
+  open streams it granted are closed then (sse.revocation).
 
 An expired, forged or malformed token is a 403 with the reason, even for
 public streams: the client meant to use it and should know it failed.
@@ -36,6 +38,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from django.core import signing
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 
 from sse.encoding import validate_stream
@@ -92,11 +95,37 @@ def from_request(request: HttpRequest) -> str | None:
     return unquote_plus(found[0]) if found else None
 
 
+async def user_active(pk: str) -> bool:
+    """Whether the user a token names still exists and may log in."""
+    from django.contrib.auth import get_user_model
+
+    try:
+        user = await get_user_model()._default_manager.filter(pk=pk).afirst()
+    except (ValueError, TypeError, ValidationError):  # not a primary key of this user model
+        return False
+    return user is not None and getattr(user, "is_active", True)
+
+
+async def agranted(token: str | None, streams: list[str]) -> tuple[set[str], str | None]:
+    """Which of ``streams`` the token grants, and the user it names (checked: active and existing)."""
+    if token is None:
+        return set(), None
+    names, user = read(token)
+    if user is not None and not await user_active(user):
+        # A signed grant outlives its user otherwise: deleted or deactivated users read nothing.
+        raise TokenError("its user no longer exists or is inactive")
+    return _granted(names, user, streams), user
+
+
 def granted(token: str | None, streams: list[str]) -> set[str]:
     """Which of ``streams`` the token grants (none without a token)."""
     if token is None:
         return set()
     names, user = read(token)
+    return _granted(names, user, streams)
+
+
+def _granted(names: set[str], user: str | None, streams: list[str]) -> set[str]:
     return {
         name
         for name in streams

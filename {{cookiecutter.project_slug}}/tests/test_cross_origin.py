@@ -110,8 +110,10 @@ def test_wildcards_and_non_origins_fail_the_system_check(settings):
 # --- tokens -----------------------------------------------------------------------
 
 
+@pytest.mark.django_db(transaction=True)
 async def test_a_token_grants_its_streams_without_a_session(backend, settings):
     settings.SSE_PUBLIC_STREAMS = []
+    await User.objects.acreate(pk=7, username="seven")  # a token's user must exist
     token = tokens.mint(["team.red", "user.7"], user=7)
     assert (await respond("/sse/?stream=team.red&stream=user.7&token=" + token)).status_code == 200
     assert (await respond(f"/sse/user.7/?token={token}", "user.7")).status_code == 200

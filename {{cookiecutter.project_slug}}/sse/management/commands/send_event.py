@@ -32,6 +32,8 @@ class Command(BaseCommand):
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise CommandError(f"--data is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise CommandError("--data is nested too deeply") from None
         try:
             event_id = publish(options["stream"], options["event"], data)
         except (InvalidEvent, BrokerUnavailable) as exc:
