@@ -165,6 +165,8 @@ class Connection:
         except (asyncio.CancelledError, GeneratorExit):
             reason = access.cancelled_reason()
             raise
+        except Exception as exc:  # ends this response cleanly; nothing reaches the server
+            reason = access.failed(record, exc)
         finally:
             self.close()
             record.closed(reason, [sub])
