@@ -108,7 +108,9 @@ async def open_streams(request: HttpRequest, stream: str | None) -> HttpResponse
     if hub.open + len(streams) > setting("SSE_MAX_STREAMS", 20_000):
         # Past this a process would run out of file descriptors or memory for everyone.
         return plain(503, "too many open streams on this server, retry shortly", Retry_After="5")
-    results = await asyncio.gather(*(hub.subscribe(name) for name in streams), return_exceptions=True)
+    # Counted before the first await, so that a burst of connects cannot all pass the check above.
+    added = [hub.add(name) for name in streams]
+    results = await asyncio.gather(*(hub.ready(sub) for sub in added), return_exceptions=True)
     subs = [sub for sub in results if isinstance(sub, Subscription)]
     if len(subs) < len(results):
         for sub in subs:
