@@ -45,7 +45,6 @@ def bind(transport: Any) -> None:
 
 def mark_slow() -> None:
     """The server is closing this connection because its client stopped reading."""
-    metrics.SLOW_CLIENTS.inc()
     peer = _peer.get(None)
     if peer is not None:
         peer["slow"] = True
@@ -96,6 +95,10 @@ class Record:
             self.bytes += sub.sent_bytes
             self.events += sub.sent_events
         metrics.DISCONNECTS.inc(reason=reason)
+        if reason == "slow-client":
+            # Here, not where it is detected: the queue's bound and the send timeout
+            # may both fire for one client, and a multi-stream one has several queues.
+            metrics.SLOW_CLIENTS.inc()
         duration = f"{time.monotonic() - self.started:.3f}"
         log.info(
             line(

@@ -22,7 +22,7 @@ from django.http import HttpRequest, HttpResponse
 from django.middleware.security import SecurityMiddleware
 
 from sse.backpressure import guard
-from sse.stream import plain, stream_response
+from sse.stream import close_frames, plain, stream_response
 
 
 def no_response(request: HttpRequest) -> HttpResponse:
@@ -74,6 +74,7 @@ class SSEConsumer(AsyncHttpConsumer):
                 await self.send_body(chunk, more_body=True)
             await self.send_body(b"")  # the server ended it (slow client): clean close
         finally:
+            await close_frames(self.scope)
             response.close()
 
     async def dispatch(self, message: dict) -> None:

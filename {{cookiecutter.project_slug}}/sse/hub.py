@@ -91,8 +91,7 @@ class Subscription:
                 len(self.items),
                 self.bytes,
             )
-            metrics.SLOW_CLIENTS.inc()
-            self.close()
+            self.close()  # counted once per connection, where it ends (sse.access)
             return False
         self.bytes += size
         self.items.append(item)

@@ -124,12 +124,30 @@ async def open_streams(request: HttpRequest, stream: str | None) -> HttpResponse
         # The transports put Daphne's ASGI send in the scope: live events then skip ASGI.
         writer = direct_writer(getattr(request, "scope", {}).get("sse.send"))
         connection = Connection(hub, subs[0], record, writer)
-    response = StreamingHttpResponse(connection.frames(retry_frame()), content_type="text/event-stream")
+    frames = connection.frames(retry_frame())
+    response = StreamingHttpResponse(frames, content_type="text/event-stream")
+    if (scope := getattr(request, "scope", None)) is not None:
+        # For the transport to close when the response ends (see close_frames).
+        scope["sse.frames"] = frames
     response["Cache-Control"] = "no-cache"
     # nginx must not buffer the stream, whatever its proxy_buffering says.
     response["X-Accel-Buffering"] = "no"
     response._resource_closers.append(connection.close)
     return response
+
+
+async def close_frames(scope: dict) -> None:
+    """Close the stream's generator of ``scope``, for the transport when its response has ended.
+
+    Django calls ``close()`` on a streaming response's iterator, which async
+    generators lack, and closes only its own wrapper around it. A client gone
+    while a write waited (a slow client) would leave the generator suspended
+    until garbage collection: its disconnect neither logged nor counted, its
+    subscription open. Closing it here runs its ``finally`` at once.
+    """
+    frames = scope.pop("sse.frames", None)
+    if frames is not None:
+        await frames.aclose()
 
 
 class Connection:
