@@ -11,6 +11,7 @@ import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -301,3 +302,68 @@ def test_each_slow_client_is_counted_once(project, redis_server, start_daphne):
     assert after["sse_slow_client_disconnects_total"] == 5
     for client in clients:
         client.close()
+
+
+def test_replaying_large_events_holds_about_one_page_per_client_and_memory_returns(
+    project, redis_server, start_daphne
+):
+    """20 clients that never read, each replaying 60 events of ~1 MiB (the issue's 30 x 150, scaled):
+    each holds a few copies of one event, not of a whole first page, and the memory comes back."""
+    import subprocess
+    import threading
+
+    daphne = start_daphne()  # SSE_MAX_BUFFER: its default, 1 MiB
+    stream = f"chat-{uuid.uuid4().hex[:6]}"
+    ids = publish_many(project, redis_server.url, stream, 60, 1_000_000)
+    try:
+        time.sleep(1)
+        base = rss_kb(daphne.pid)
+        peak, done = [base], threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                peak.append(rss_kb(daphne.pid))
+                time.sleep(0.05)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        clients = [
+            stalled(daphne, f"/sse/{stream}/", **{"Last-Event-ID": ids[0]})
+            for _ in range(20)
+        ]
+        time.sleep(
+            8
+        )  # every replay has filled what its client's socket and the server will hold
+        done.set()
+        sampler.join()
+        assert health(daphne)["streams"] == 20
+        for client in clients:
+            client.close()
+        deadline = time.monotonic() + 15
+        while health(daphne)["streams"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert health(daphne)["streams"] == 0, "every stream ended when its client left"
+        time.sleep(2)
+        held_mb, after_mb = (
+            (max(peak) - base) / 1024,
+            (rss_kb(daphne.pid) - base) / 1024,
+        )
+        build = Path(__file__).resolve().parent.parent / "build"
+        build.mkdir(exist_ok=True)
+        (build / f"replay-memory-{project.mode}.txt").write_text(
+            f"20 stalled clients replaying 60 x 1 MiB ({project.mode}): RSS +{held_mb:.0f} MB at peak, "
+            f"+{after_mb:.0f} MB once they left\n"
+        )
+        # Per client: SSE_MAX_BUFFER in the server's send buffer, and the event being
+        # sent as text, as a frame and in the Redis reply: ~5 MiB. Ten events a page were ~19.
+        assert held_mb < 20 * 8, f"RSS grew {held_mb:.0f} MB for 20 replaying clients"
+        # What stays is the Redis pool's read buffers and the allocator's own: not the replays.
+        assert after_mb < 80, (
+            f"RSS stayed {after_mb:.0f} MB above its baseline after the clients left"
+        )
+    finally:
+        subprocess.run(
+            ["redis-cli", "-p", str(redis_server.port), "del", f"sse:{stream}"],
+            check=False,
+            capture_output=True,
+        )
