@@ -312,7 +312,7 @@ def test_replaying_large_events_holds_about_one_page_per_client_and_memory_retur
     import subprocess
     import threading
 
-    daphne = start_daphne()  # SSE_MAX_BUFFER: its default, 1 MiB
+    daphne = start_daphne(SSE_SEND_TIMEOUT="300")  # SSE_MAX_BUFFER: its default, 1 MiB
     stream = f"chat-{uuid.uuid4().hex[:6]}"
     ids = publish_many(project, redis_server.url, stream, 60, 1_000_000)
     try:
