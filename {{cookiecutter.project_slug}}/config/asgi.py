@@ -73,10 +73,14 @@ class Handler(ASGIHandler):
             stopping.set_result(None)
             await asyncio.wait({handler}, timeout=5)
             raise
+        finally:
+            if handler.done():  # else the stream is still running: not ours to close
+                await close_frames(scope)
 
 
 django.setup(set_prefix=False)
 from sse import checks  # noqa: E402
+from sse.stream import close_frames  # noqa: E402  (needs the app registry)
 
 checks.fail_fast()
 application = Handler()

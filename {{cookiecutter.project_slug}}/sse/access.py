@@ -9,9 +9,11 @@ reason=client-gone
 
 ``reason`` is ``client-gone``, ``slow-client`` (closed for falling behind: it
 reconnects and replays), ``revoked`` (its reader may no longer read it: see
-sse.revocation), ``server-shutdown`` or ``server-closed``. Built only
-from the stream name, the peer address and the user's id: never the query
-string (which may carry a token), headers, cookies or session ids.
+sse.revocation), ``server-shutdown``, ``server-closed`` or ``error`` (an error
+ended the stream, logged on the ``sse`` logger: the client reconnects and
+replays). Built only from the stream name, the peer address and the user's
+id: never the query string (which may carry a token), headers, cookies or
+session ids.
 
 The same records feed the counters of :mod:`sse.metrics`.
 """
@@ -25,8 +27,10 @@ from typing import Any
 from django.http import HttpRequest
 
 from sse import metrics
+from sse.broker import BrokerUnavailable
 
 log = logging.getLogger("sse.access")
+errors = logging.getLogger("sse")
 # With --proxy-headers Daphne takes the address from X-Forwarded-For, which a
 # client reaching Daphne directly controls: anything but an address is not logged.
 ADDRESS = re.compile(r"[0-9A-Fa-f.:\[\]]{1,64}")
@@ -42,7 +46,6 @@ def bind(transport: Any) -> None:
 
 def mark_slow() -> None:
     """The server is closing this connection because its client stopped reading."""
-    metrics.SLOW_CLIENTS.inc()
     peer = _peer.get(None)
     if peer is not None:
         peer["slow"] = True
@@ -94,6 +97,10 @@ class Record:
             self.bytes += sub.sent_bytes
             self.events += sub.sent_events
         metrics.DISCONNECTS.inc(reason=reason)
+        if reason == "slow-client":
+            # Here, not where it is detected: the queue's bound and the send timeout
+            # may both fire for one client, and a multi-stream one has several queues.
+            metrics.SLOW_CLIENTS.inc()
         duration = f"{time.monotonic() - self.started:.3f}"
         log.info(
             line(
@@ -105,6 +112,22 @@ class Record:
                 reason=reason,
             )
         )
+
+
+def failed(record: Record, exc: Exception) -> str:
+    """An error inside an open stream: logged once with its stream, counted; the disconnect reason.
+
+    The stream then ends like any other (last chunk sent), so the client
+    reconnects within its ``retry:`` and replays. Raised further, the error
+    would reach Daphne instead, which leaves the response open (the client
+    waits for nginx's read timeout) and, in async_view mode, stops Daphne's
+    application checker for good (no more reaping of closed connections).
+    """
+    metrics.STREAM_ERRORS.inc()
+    # An outage is expected and says what failed in one line; anything else is a bug.
+    expected = isinstance(exc, BrokerUnavailable)
+    errors.error("sse: stream %s ended by an error: %s", record.fields["stream"], exc, exc_info=not expected)
+    return "error"
 
 
 def cancelled_reason() -> str:

@@ -6,9 +6,10 @@ class SseConfig(AppConfig):
     verbose_name = "Server-Sent Events"
 
     def ready(self) -> None:
-        from sse import checks, logmask  # noqa: F401  (registers the checks)
+        from sse import checks, logmask, malloc  # noqa: F401  (registers the checks)
 
         logmask.mask_daphne_access_log()
+        malloc.fix_mmap_threshold()
 
         from sse import revocation
 

@@ -73,13 +73,19 @@ class Broker:
         raise NotImplementedError
 
     async def pages(self, stream: str, after: str) -> AsyncIterator[list[Entry] | None]:
-        """Every entry after ``after``, in order, in pages of about 256 KB.
+        """Every entry after ``after``, in order, in pages of about min(256 KB, ``SSE_MAX_BUFFER``).
 
         Yields None (and stops) when ``after``, or a later page's start, is no
         longer in the log. Small events come in few round trips, large ones
         without a memory spike.
         """
-        cursor, count = after, 10
+        # Redis can't limit a page by bytes, only by count, and sizes are unknown
+        # until entries arrive: the first page is one entry (ten of 1 MiB were
+        # 10 MiB held per replaying client, several times over: reply, text,
+        # frames). Then a page holds as many of the largest entry seen so far as
+        # fit the budget, at most twice the last count.
+        budget = min(262_144, setting("SSE_MAX_BUFFER", 1_048_576) or 262_144)
+        cursor, count, largest = after, 1, 1
         while True:
             entries = await self.areplay(stream, cursor, count)
             if entries is None:
@@ -90,8 +96,8 @@ class Broker:
             if len(entries) < count:
                 return
             cursor = entries[-1][0]
-            size = sum(len(data) for _id, _event, data in entries)
-            count = max(1, min(REPLAY_PAGE, count * 262_144 // max(size, 1)))
+            largest = max(largest, *(len(data) for _id, _event, data in entries))
+            count = max(1, min(REPLAY_PAGE, count * 2, budget // largest))
 
     def feed(self, hub: Hub) -> Feed:
         raise NotImplementedError

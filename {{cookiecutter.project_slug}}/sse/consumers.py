@@ -26,7 +26,7 @@ from django.middleware.security import SecurityMiddleware
 from django.utils.log import log_response
 
 from sse.backpressure import guard
-from sse.stream import plain, stream_response
+from sse.stream import close_frames, plain, stream_response
 
 
 def no_response(request: HttpRequest) -> HttpResponse:
@@ -107,6 +107,7 @@ class SSEConsumer(AsyncHttpConsumer):
                 await self.send_body(chunk, more_body=True)
             await self.send_body(b"")  # the server ended it (slow client): clean close
         finally:
+            await close_frames(self.scope)
             response.close()
 
     async def dispatch(self, message: dict) -> None:

@@ -31,8 +31,13 @@ from typing import Any
 
 STREAM_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # Redis Stream entry ids ("<ms>-<seq>"), optionally followed by ".<n>" for the
-# live-only events that bypass the log (channels-mode group_send).
-EVENT_ID = re.compile(r"(\d{1,20})-(\d{1,20})(?:\.(\d{1,20}))?")
+# live-only events that bypass the log (channels-mode group_send). ASCII digits
+# only: \d would also take other scripts' digits.
+EVENT_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})(?:\.([0-9]{1,20}))?")
+# Redis keeps both parts of an id as unsigned 64-bit numbers and refuses larger
+# ones in XRANGE: past this, an id that passed the pattern would fail in the
+# middle of a replay. The ".<n>" part is ours; it gets the same bound.
+MAX_ID_PART = 2**64 - 1
 # One position of a composite id: "<stream>:<id>", the id optional. ASCII digits
 # only: \d would also take other scripts' digits.
 POSITION = re.compile(r"([A-Za-z0-9._-]{1,64}):((?:[0-9]{1,20})-(?:[0-9]{1,20})(?:\.[0-9]{1,20})?)?")
@@ -78,8 +83,10 @@ def parse_id(value: str) -> EventKey:
     match = EVENT_ID.fullmatch(value)
     if match is None:
         raise InvalidEvent(f"malformed event id {value[:80]!r}")
-    ms, seq, extra = match.groups()
-    return int(ms), int(seq), int(extra or 0)
+    key = (int(match[1]), int(match[2]), int(match[3] or 0))
+    if max(key) > MAX_ID_PART:
+        raise InvalidEvent(f"event id {value[:80]!r} is out of range: each part is at most {MAX_ID_PART}")
+    return key
 
 
 def format_id(key: EventKey) -> str:

@@ -91,8 +91,7 @@ class Subscription:
                 len(self.items),
                 self.bytes,
             )
-            metrics.SLOW_CLIENTS.inc()
-            self.close()
+            self.close()  # counted once per connection, where it ends (sse.access)
             return False
         self.bytes += size
         self.items.append(item)
@@ -162,6 +161,14 @@ class Hub:
         self.feeds: list[Feed] = [broker.feed(self), *extra]
 
     async def subscribe(self, stream: str) -> Subscription:
+        return await self.ready(self.add(stream))
+
+    def add(self, stream: str) -> Subscription:
+        """A subscription, registered and counted in ``open`` at once, before any await.
+
+        Counted before awaiting, a limit on ``open`` holds under a burst of
+        connects: each one sees the others that passed the check before it.
+        """
         sub = Subscription(stream, setting("SSE_QUEUE_SIZE", 1000), setting("SSE_MAX_BUFFER", 1_048_576))
         # Registered before the feeds are watched: the first live event may come
         # while we wait, and replay runs after this returns.
@@ -171,6 +178,11 @@ class Hub:
             self._beat(first=True)
         if handle := self._idle.pop(stream, None):
             handle.cancel()
+        return sub
+
+    async def ready(self, sub: Subscription) -> Subscription:
+        """Once live events of ``sub``'s stream reach this process (unsubscribed on failure)."""
+        stream = sub.stream
         try:
             ready = self._ready.get(stream)
             if ready is None:

@@ -56,6 +56,7 @@ EVENTS_SENT = counter("sse_events_sent_total", "Events written to clients, live 
 BYTES_SENT = counter("sse_bytes_sent_total", "Bytes written to clients, heartbeats included.")
 SLOW_CLIENTS = counter("sse_slow_client_disconnects_total", "Clients closed because they fell behind.")
 REPLAYS = counter("sse_replay_requests_total", "Streams opened with a Last-Event-ID.")
+STREAM_ERRORS = counter("sse_stream_errors_total", "Streams ended by an error (logged): clients reconnect and replay.")
 RESETS = counter("sse_resets_total", "Reset events sent for ids no longer (or never) in the log.")
 
 

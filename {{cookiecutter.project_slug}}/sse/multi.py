@@ -81,6 +81,8 @@ class MultiConnection:
         except (asyncio.CancelledError, GeneratorExit):
             reason = access.cancelled_reason()
             raise
+        except Exception as exc:  # ends this response cleanly; nothing reaches the server
+            reason = access.failed(record, exc)
         finally:
             self.close()
             record.closed(reason, self.subs)

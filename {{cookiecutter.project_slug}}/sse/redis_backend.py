@@ -47,6 +47,20 @@ return id
 """
 
 
+def raise_swallowed_cancel() -> None:
+    """Raise the cancellation of the current task if a Redis call swallowed it.
+
+    redis-py writes every command under ``asyncio.wait_for``, which on Python
+    3.11 returns the result instead of raising when its task is cancelled just
+    as the write completes (fixed in 3.12). The task stays marked as cancelling
+    but carries on: a stream whose client had left went on replaying, then
+    waited for live events for good, holding its memory.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def redacted(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
@@ -159,6 +173,7 @@ class RedisBroker(Broker):
                 rows = await self.aclient().xrange(self.key(stream), min="-", count=count)
             except redis.RedisError as exc:
                 raise self.unavailable(exc) from None
+            raise_swallowed_cancel()
             return [self._entry(row) for row in rows]
         ms, seq, _ = parse_id(after)
         base = f"{ms}-{seq}"
@@ -167,6 +182,7 @@ class RedisBroker(Broker):
             rows = await self.aclient().xrange(self.key(stream), min=base, count=count + 1)
         except redis.RedisError as exc:
             raise self.unavailable(exc) from None
+        raise_swallowed_cancel()
         if not rows or rows[0][0].decode() != base:
             return None
         return [self._entry(row) for row in rows[1:]]
@@ -176,6 +192,7 @@ class RedisBroker(Broker):
             rows = await self.aclient().xrevrange(self.key(stream), count=1)
         except redis.RedisError as exc:
             raise self.unavailable(exc) from None
+        raise_swallowed_cancel()
         return rows[0][0].decode() if rows else None
 
     @staticmethod

@@ -120,7 +120,9 @@ async def open_streams(request: HttpRequest, stream: str | None) -> HttpResponse
     if hub.open + len(streams) > setting("SSE_MAX_STREAMS", 20_000):
         # Past this a process would run out of file descriptors or memory for everyone.
         return plain(503, "too many open streams on this server, retry shortly", Retry_After="5")
-    results = await asyncio.gather(*(hub.subscribe(name) for name in streams), return_exceptions=True)
+    # Counted before the first await, so that a burst of connects cannot all pass the check above.
+    added = [hub.add(name) for name in streams]
+    results = await asyncio.gather(*(hub.ready(sub) for sub in added), return_exceptions=True)
     subs = [sub for sub in results if isinstance(sub, Subscription)]
     if len(subs) < len(results):
         for sub in subs:
@@ -134,7 +136,11 @@ async def open_streams(request: HttpRequest, stream: str | None) -> HttpResponse
         # The transports put Daphne's ASGI send in the scope: live events then skip ASGI.
         writer = direct_writer(getattr(request, "scope", {}).get("sse.send"))
         connection = Connection(hub, subs[0], record, writer)
-    response = StreamingHttpResponse(connection.frames(retry_frame()), content_type="text/event-stream")
+    frames = connection.frames(retry_frame())
+    response = StreamingHttpResponse(frames, content_type="text/event-stream")
+    if (scope := getattr(request, "scope", None)) is not None:
+        # For the transport to close when the response ends (see close_frames).
+        scope["sse.frames"] = frames
     response["Cache-Control"] = "no-cache"
     # nginx must not buffer the stream, whatever its proxy_buffering says.
     response["X-Accel-Buffering"] = "no"
@@ -145,6 +151,20 @@ async def open_streams(request: HttpRequest, stream: str | None) -> HttpResponse
     if guarded is not None:
         response._resource_closers.append(functools.partial(revocation.release, hub, guarded))
     return response
+
+
+async def close_frames(scope: dict) -> None:
+    """Close the stream's generator of ``scope``, for the transport when its response has ended.
+
+    Django calls ``close()`` on a streaming response's iterator, which async
+    generators lack, and closes only its own wrapper around it. A client gone
+    while a write waited (a slow client) would leave the generator suspended
+    until garbage collection: its disconnect neither logged nor counted, its
+    subscription open. Closing it here runs its ``finally`` at once.
+    """
+    frames = scope.pop("sse.frames", None)
+    if frames is not None:
+        await frames.aclose()
 
 
 class Connection:
@@ -182,6 +202,8 @@ class Connection:
         except (asyncio.CancelledError, GeneratorExit):
             reason = access.cancelled_reason()
             raise
+        except Exception as exc:  # ends this response cleanly; nothing reaches the server
+            reason = access.failed(record, exc)
         finally:
             self.close()
             record.closed(reason, [sub])

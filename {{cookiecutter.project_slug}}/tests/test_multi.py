@@ -24,7 +24,7 @@ from tests.conftest import data_events, parse, read_until
 rf = RequestFactory()
 
 names = st.from_regex(r"[A-Za-z0-9._-]{1,64}", fullmatch=True)
-keys = st.tuples(*[st.integers(0, 10**20 - 1)] * 3)
+keys = st.tuples(*[st.integers(0, 2**64 - 1)] * 3)  # Redis ids: unsigned 64-bit parts
 positions = st.dictionaries(names, st.one_of(st.none(), keys), min_size=1, max_size=16)
 
 
