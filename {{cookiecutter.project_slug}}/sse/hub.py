@@ -271,6 +271,21 @@ class Hub:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def call(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` on this hub's loop: now when called from it, else as soon as the loop can.
+
+        Django closes an async view's response from a worker thread (its resource
+        closers run in ``sync_to_async``), and nothing of the hub is thread-safe.
+        """
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            fn()
+        elif not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(fn)
+
     def spawn(self, coro: Any) -> "asyncio.Task[None]":
         """Start a background task and keep a reference, so it is not collected."""
         task = asyncio.ensure_future(coro)

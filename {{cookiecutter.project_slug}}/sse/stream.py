@@ -144,12 +144,13 @@ async def open_streams(request: HttpRequest, stream: str | None) -> HttpResponse
     response["Cache-Control"] = "no-cache"
     # nginx must not buffer the stream, whatever its proxy_buffering says.
     response["X-Accel-Buffering"] = "no"
-    response._resource_closers.append(connection.close)
+    response._resource_closers.append(functools.partial(hub.call, connection.close))
     user = await get_user(request)
     session_user = str(user.pk) if user.is_authenticated else None
     guarded = revocation.guard(hub, request, subs, record, by_policy, session_user, token_user)
     if guarded is not None:
-        response._resource_closers.append(functools.partial(revocation.release, hub, guarded))
+        release = functools.partial(revocation.release, hub, guarded)
+        response._resource_closers.append(functools.partial(hub.call, release))
     return response
 
 

@@ -1,12 +1,15 @@
 """async_view mode: the endpoint as Django serves it, middleware included."""
 
 import asyncio
+import threading
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
 from django.test import AsyncClient
 
 from sse import apublish
+from sse.broker import get_hub
 from tests.conftest import data_events, read_until
 
 
@@ -25,6 +28,28 @@ async def test_stream_headers_and_events(backend, stream):
     events = await read_until(chunks, data_events)
     assert data_events(events)[0]["id"] == event_id
     await chunks.aclose()
+
+
+@pytest.mark.django_db(transaction=True)  # closing a response sends request_finished
+async def test_a_response_closed_on_djangos_worker_thread_unsubscribes_on_the_loop(backend, stream):
+    # Django's ASGI handler closes a response with sync_to_async: its closers run on
+    # a worker thread, and the hub (sets, timers) belongs to the event loop's thread.
+    response = await AsyncClient().get(f"/sse/{stream}/")
+    await anext(response.streaming_content)
+    hub = get_hub()
+    assert hub.open == 1
+    threads = []
+    unsubscribe = hub.unsubscribe
+
+    def recorded(sub):  # a spy on the real method, which still runs
+        threads.append(threading.get_ident())
+        unsubscribe(sub)
+
+    hub.unsubscribe = recorded
+    await sync_to_async(response.close, thread_sensitive=True)()
+    await asyncio.sleep(0.01)
+    assert threads == [threading.get_ident()], "unsubscribed on the loop's thread"
+    assert hub.open == 0
 
 
 async def test_bad_names_and_ids_are_4xx(backend, stream):
