@@ -37,6 +37,24 @@ def cors_origins(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
     return errors
 
 
+@checks.register("sse")
+def retention_budget(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """A stream's log holds at most SSE_MAX_STREAM_BYTES, unless one event alone is larger."""
+    budget = setting("SSE_MAX_STREAM_BYTES", 16_777_216)
+    largest = setting("SSE_MAX_DATA_BYTES", 1_048_576)
+    if budget > 0 and largest > budget:
+        return [
+            checks.Warning(
+                f"SSE_MAX_DATA_BYTES ({largest}) is larger than SSE_MAX_STREAM_BYTES ({budget}): the newest "
+                "event always stays in its stream's log, so one stream may hold SSE_MAX_DATA_BYTES, over the "
+                "budget, and nothing before such an event can be replayed.",
+                hint="Raise SSE_MAX_STREAM_BYTES to several times SSE_MAX_DATA_BYTES, or lower SSE_MAX_DATA_BYTES.",
+                id="sse.W001",
+            )
+        ]
+    return []
+
+
 def fail_fast() -> None:
     """Refuse to serve with a broken SSE configuration: Daphne runs no system checks."""
     errors = [message for message in checks.run_checks(tags=["sse"]) if message.is_serious()]
