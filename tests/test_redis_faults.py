@@ -10,20 +10,20 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import RedisServer, free_port
+from tests.conftest import RedisServer, free_port, wait_for_port
 from tests.test_e2e import connect, send_event
 
 
-def get(
-    daphne, path: str, timeout: float = 60
-) -> tuple[int, dict[str, str], bytes, float]:
+def get(daphne, path: str, timeout: float = 60) -> tuple[int, dict[str, str], bytes, float]:
     """One plain GET: status, headers, the body's first bytes, and how long the status took."""
     conn = http.client.HTTPConnection("127.0.0.1", daphne.port, timeout=timeout)
     started = time.monotonic()
@@ -58,19 +58,11 @@ def closed_port() -> int:
 
 
 @pytest.mark.parametrize("where", ["refused", "silent"])
-def test_unreachable_redis_gets_a_503_within_about_a_second(
-    project, start_daphne, where
-):
+def test_unreachable_redis_gets_a_503_within_about_a_second(project, start_daphne, where):
     with contextlib.ExitStack() as stack:
-        port = (
-            closed_port()
-            if where == "refused"
-            else stack.enter_context(silent_listener())
-        )
+        port = closed_port() if where == "refused" else stack.enter_context(silent_listener())
         daphne = start_daphne(REDIS_URL=f"redis://127.0.0.1:{port}/0")
-        for attempt in range(
-            3
-        ):  # the first request, and those while the outage is known
+        for attempt in range(3):  # the first request, and those while the outage is known
             status, headers, body, elapsed = get(daphne, f"/sse/down-{attempt}/")
             assert status == 503, body
             assert headers.get("retry-after") == "5"
@@ -94,31 +86,22 @@ def redis_cli(port: int, *args: str, stdin: str | None = None) -> str:
     ).stdout
 
 
-def fill_to_maxmemory(port: int, headroom: int = 2_000_000) -> None:
-    """Cap Redis a little above what it uses, under noeviction, and write until it refuses."""
-    used = int(
-        next(
-            line
-            for line in redis_cli(port, "INFO", "memory").splitlines()
-            if line.startswith("used_memory:")
-        )[12:]
-    )
+def used_memory(port: int) -> int:
+    info = redis_cli(port, "INFO", "memory").splitlines()
+    return int(next(line for line in info if line.startswith("used_memory:")).split(":")[1])
+
+
+def fill_to_maxmemory(port: int) -> None:
+    """Write some data, then cap Redis just under what it uses, under noeviction: it refuses writes.
+
+    (Filling up to a cap is not stable: the writer's own buffers are freed when it leaves.)"""
+    redis_cli(port, stdin="".join(f"SET filler:{i} {'x' * 10_000}\n" for i in range(100)))
     redis_cli(port, "CONFIG", "SET", "maxmemory-policy", "noeviction")
-    redis_cli(port, "CONFIG", "SET", "maxmemory", str(used + headroom))
-    redis_cli(
-        port,
-        stdin="".join(
-            f"SET filler:{i} {'x' * 10_000}\n" for i in range(headroom // 5_000)
-        ),
-    )
-    assert "OOM" in redis_cli(port, "SET", "filler:last", "x"), (
-        "Redis is not at maxmemory"
-    )
+    redis_cli(port, "CONFIG", "SET", "maxmemory", str(used_memory(port) - 200_000))
+    assert "OOM" in redis_cli(port, "SET", "filler:last", "x"), "Redis is not at maxmemory"
 
 
-def test_redis_at_maxmemory_fails_publishing_clearly_and_streams_get_503_not_500(
-    project, start_daphne, tmp_path
-):
+def test_redis_at_maxmemory_fails_publishing_clearly_and_streams_get_503_not_500(project, start_daphne, tmp_path):
     redis = RedisServer(tmp_path)
     redis.start()
     try:
@@ -143,11 +126,7 @@ def test_redis_at_maxmemory_fails_publishing_clearly_and_streams_get_503_not_500
             # A new stream must join the channel layer's group, a write Redis refuses.
             assert status == 503 and headers.get("retry-after") == "5", (status, body)
             status, body = health(daphne)
-            assert (
-                status == 503
-                and body["channel_layer"] == "unavailable"
-                and body["redis"] == "ok"
-            ), body
+            assert status == 503 and body["channel_layer"] == "unavailable" and body["redis"] == "ok", body
         else:
             # async_view: a stream only reads (SUBSCRIBE, XRANGE), which a full Redis still serves.
             assert status == 200, body
@@ -163,3 +142,124 @@ def test_redis_at_maxmemory_fails_publishing_clearly_and_streams_get_503_not_500
         open_stream.close()
     finally:
         redis.stop()
+
+
+PUBLISH_SCRIPT = """
+import sys, django
+django.setup()
+from sse import publish
+for i in range(int(sys.argv[2])):
+    print(publish(sys.argv[1], "n", i), flush=True)
+"""
+
+
+class ConfiguredRedis(RedisServer):
+    """redis-server run with the project's deploy/redis snippet, and ``overrides`` on top."""
+
+    def __init__(self, workdir: Path, snippet: Path, overrides: list[str]) -> None:
+        super().__init__(workdir)
+        self.snippet, self.overrides = snippet, overrides
+
+    def start(self) -> None:
+        cmd = [
+            "redis-server",
+            str(self.snippet),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+        ]
+        cmd += ["--dir", str(self.workdir), *self.overrides]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, self.proc)
+        # Loading the append-only file takes a moment after the port opens.
+        deadline = time.monotonic() + 30
+        while "loading:0" not in redis_cli(self.port, "INFO", "persistence"):
+            assert time.monotonic() < deadline, "Redis did not finish loading"
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.proc = None
+
+
+# What each setting keeps through `kill -9` of redis-server, as deploy/README.md states it.
+PERSISTENCE = {
+    "appendfsync-always": (["--appendfsync", "always"], "everything"),
+    "appendfsync-everysec": ([], "everything"),  # the snippet's own setting
+    # The distribution's default: RDB snapshots at most every 60 s, no append-only file.
+    "no-aof": (["--appendonly", "no", "--save", "3600 1 300 100 60 10000"], "nothing"),
+}
+
+
+@pytest.mark.parametrize("setting", PERSISTENCE)
+def test_what_redis_persistence_keeps_through_sigkill(project, start_daphne, tmp_path, setting):
+    overrides, kept = PERSISTENCE[setting]
+    snippet = project.path / "deploy" / "redis" / f"{project.path.name}.conf"
+    config = redis_cli_config(snippet)
+    assert config == {
+        "appendonly": "yes",
+        "appendfsync": "everysec",
+        "maxmemory-policy": "noeviction",
+    }
+    redis = ConfiguredRedis(tmp_path, snippet, overrides)
+    redis.start()
+    try:
+        daphne = start_daphne(REDIS_URL=redis.url)
+        env = project.env(REDIS_URL=redis.url)
+        staying = connect(daphne, "durable")
+        ids = project.run("-c", PUBLISH_SCRIPT, "durable", "40", env=env).stdout.split()
+        assert [e.id for e in staying.wait_events(40)] == ids
+        away_since = ids[9]  # a client that left after the 10th event
+
+        redis.kill()
+        time.sleep(1)
+        redis.start()
+        log = redis_cli(
+            redis.port,
+            "XRANGE",
+            f"{project.path.name}:sse:durable",
+            "-",
+            "+",
+            "COUNT",
+            "100",
+        )
+
+        if kept == "everything":
+            assert ids[-1] in log
+        else:
+            assert ids[-1] not in log, "the log died with Redis"
+            # The open stream's position is gone from the log: its process ends it once
+            # resubscribed, so that the client's reconnect is told (reset) rather than
+            # silently missing events.
+            assert staying.wait(lambda c: c.closed, 15), "the open stream was not ended"
+            staying = connect(daphne, "durable", **{"Last-Event-ID": ids[-1]})
+            assert staying.wait_events(1)[0].type == "reset"
+
+        back = connect(daphne, "durable", **{"Last-Event-ID": away_since})
+        if kept == "everything":
+            assert [e.id for e in back.wait_events(30)] == ids[10:], "replay across the crash, nothing lost"
+        else:
+            (reset,) = back.wait_events(1)
+            assert reset.type == "reset" and json.loads(reset.data)["last_event_id"] == away_since
+        time.sleep(3)  # the processes have resubscribed and caught up
+        seen = [(client, len(client.events)) for client in (back, staying)]
+        after = project.run("-c", PUBLISH_SCRIPT, "durable", "1", env=env).stdout.split()
+        for client, count in seen:
+            assert client.wait_events(count + 1)[-1].id == after[0]
+            assert not client.closed
+        if kept == "everything":
+            assert [e.id for e in staying.events] == [*ids, *after], "the open stream lost nothing either"
+            assert not any(e.type == "reset" for e in back.events + staying.events)
+        back.close()
+        staying.close()
+    finally:
+        redis.stop()
+
+
+def redis_cli_config(snippet: Path) -> dict[str, str]:
+    """The snippet's directives (comments and blank lines skipped)."""
+    lines = [line.split(None, 1) for line in snippet.read_text().splitlines()]
+    return {words[0]: words[1].strip() for words in lines if words and not words[0].startswith("#")}

@@ -11,10 +11,11 @@ shares.
 """
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterator
 
 from sse import access
-from sse.broker import Entry
+from sse.broker import BrokerUnavailable, Entry
 from sse.encoding import (
     RESET_EVENT,
     EventKey,
@@ -27,6 +28,8 @@ from sse.encoding import (
     writes,
 )
 from sse.hub import PING, ZERO, Hub, Subscription
+
+log = logging.getLogger("sse")
 
 UNSET = object()
 
@@ -81,6 +84,10 @@ class MultiConnection:
         except (asyncio.CancelledError, GeneratorExit):
             reason = access.cancelled_reason()
             raise
+        except BrokerUnavailable as exc:
+            # Redis failed after the 200 (a replay page): end the stream cleanly rather
+            # than leave it hanging; the client reconnects with its last id.
+            log.warning("sse: ended a stream of %s: %s", record.fields["stream"], exc)
         finally:
             self.close()
             record.closed(reason, self.subs)

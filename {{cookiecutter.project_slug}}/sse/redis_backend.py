@@ -17,6 +17,7 @@ import redis
 import redis.asyncio as aredis
 import redis.asyncio.sentinel
 import redis.sentinel
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -141,9 +142,9 @@ class RedisBroker(Broker):
             if self._sync is None:
                 if self.sentinels:
                     sentinel = redis.sentinel.Sentinel(self.sentinels, sentinel_kwargs=SENTINEL_KWARGS)
-                    self._sync = sentinel.master_for(self.master, **self._sentinel_options())
+                    self._sync = sentinel.master_for(self.master, **self._sentinel_options(retry=Retry(NoBackoff(), 1)))
                 else:
-                    self._sync = redis.Redis.from_url(self.url, **self.options)
+                    self._sync = redis.Redis.from_url(self.url, **self.options, retry=Retry(NoBackoff(), 1))
             return self._sync
 
     def aclient(self) -> aredis.Redis:
@@ -157,6 +158,9 @@ class RedisBroker(Broker):
         return client
 
     def new_aclient(self, **extra: Any) -> aredis.Redis:
+        # One immediate retry: after a Redis restart each pooled connection is stale, and
+        # its first command would fail (a replay cut short, a 503) though Redis is back.
+        extra = {"retry": AsyncRetry(NoBackoff(), 1), **extra}
         if self.sentinels:
             sentinel = aredis.sentinel.Sentinel(self.sentinels, sentinel_kwargs=SENTINEL_KWARGS)
             extra.pop("timeout", None)  # the Sentinel pool does not block

@@ -6,6 +6,7 @@ events newer than the last one sent.
 """
 
 import asyncio
+import logging
 import random
 from collections.abc import AsyncIterator
 
@@ -29,6 +30,8 @@ from sse.encoding import (
 )
 from sse.hub import PING, ZERO, Hub, Subscription
 from sse.multi import MultiConnection
+
+log = logging.getLogger("sse")
 
 
 def plain(status: int, message: str, **headers: str) -> HttpResponse:
@@ -165,6 +168,10 @@ class Connection:
         except (asyncio.CancelledError, GeneratorExit):
             reason = access.cancelled_reason()
             raise
+        except BrokerUnavailable as exc:
+            # Redis failed after the 200 (a replay page): end the stream cleanly rather
+            # than leave it hanging; the client reconnects with its last id.
+            log.warning("sse: ended a stream of %s: %s", record.fields["stream"], exc)
         finally:
             self.close()
             record.closed(reason, [sub])
