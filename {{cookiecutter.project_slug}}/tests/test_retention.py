@@ -1,15 +1,35 @@
 """Each stream's log has a worst case in bytes, the same in both brokers, and age applies when idle."""
 
 import asyncio
+import uuid
 
 import pytest
 import redis
 from django.core import checks
 
-from sse import apublish, publish
+from sse import apublish, broker, publish
 from sse.broker import get_broker
 from sse.encoding import dumps
 from tests.conftest import REDIS_URL
+
+requires_redis = pytest.mark.skipif(not REDIS_URL, reason="set SSE_TEST_REDIS_URL to a Redis to test")
+
+
+@pytest.fixture
+async def memory(settings):
+    """The in-memory broker only: what is tested is its own trimming."""
+    settings.REDIS_URL = None
+    yield
+    await broker.aclose()
+
+
+@pytest.fixture
+async def redis_only(settings):
+    """A real Redis only: what is tested is Redis' own accounting."""
+    settings.SSE_KEY_PREFIX = f"test-{uuid.uuid4().hex[:8]}"
+    settings.REDIS_URL = REDIS_URL
+    yield
+    await broker.aclose()
 
 
 def data_of(size: int) -> str:
@@ -50,9 +70,8 @@ async def test_the_count_bound_is_exact(backend, stream, settings):
     assert [e[0] for e in await whole_log(stream)] == ids[-3:]
 
 
-async def test_age_applies_to_an_idle_stream_of_the_memory_broker(backend, stream, settings):
-    if backend != "memory":
-        pytest.skip("Redis trims by age when publishing, and its key expires after SSE_STREAM_TTL")
+async def test_age_applies_to_an_idle_stream_of_the_memory_broker(memory, stream, settings):
+    # Redis trims by age when publishing, and its key expires after SSE_STREAM_TTL.
     settings.SSE_MAX_AGE = 0.3
     old = await apublish(stream, "n", "old")
     newest = await apublish(stream, "n", "newest")
@@ -61,9 +80,7 @@ async def test_age_applies_to_an_idle_stream_of_the_memory_broker(backend, strea
     assert [e[0] for e in await whole_log(stream)] == [newest], "the newest stays, as in Redis"
 
 
-async def test_an_idle_memory_log_is_dropped_after_sse_stream_ttl(backend, stream, settings):
-    if backend != "memory":
-        pytest.skip("Redis expires the key itself")
+async def test_an_idle_memory_log_is_dropped_after_sse_stream_ttl(memory, stream, settings):
     settings.SSE_STREAM_TTL = 0.3
     event_id = await apublish(stream, "n", 1)
     assert await get_broker().alast_id(stream) == event_id
@@ -72,9 +89,8 @@ async def test_an_idle_memory_log_is_dropped_after_sse_stream_ttl(backend, strea
     assert await get_broker().areplay(stream, event_id, 10) is None
 
 
-async def test_redis_counts_bytes_exactly_and_rebuilds_a_lost_counter(backend, stream, settings):
-    if backend != "redis":
-        pytest.skip("Redis' own accounting")
+@requires_redis
+async def test_redis_counts_bytes_exactly_and_rebuilds_a_lost_counter(redis_only, stream, settings):
     settings.SSE_MAX_STREAM_BYTES = 1_000_000
     client = redis.Redis.from_url(REDIS_URL)
     key = f"{settings.SSE_KEY_PREFIX}:{stream}"
@@ -92,10 +108,9 @@ async def test_redis_counts_bytes_exactly_and_rebuilds_a_lost_counter(backend, s
         client.close()
 
 
-async def test_redis_memory_of_a_full_log_stays_near_the_budget(backend, stream, settings):
+@requires_redis
+async def test_redis_memory_of_a_full_log_stays_near_the_budget(redis_only, stream, settings):
     """The stated worst case: SSE_MAX_STREAM_BYTES plus Redis' own overhead, measured."""
-    if backend != "redis":
-        pytest.skip("Redis' own accounting")
     budget = settings.SSE_MAX_STREAM_BYTES = 2_000_000
     client = redis.Redis.from_url(REDIS_URL)
     key = f"{settings.SSE_KEY_PREFIX}:{stream}"
