@@ -128,7 +128,9 @@ SSE_KEY_PREFIX = env.str(
     "SSE_KEY_PREFIX",
     default="{{ cookiecutter.project_slug }}:sse",
 )
-SSE_MAXLEN = env.int("SSE_MAXLEN", default=10_000)  # events kept per stream for replay (approximate)
+SSE_MAXLEN = env.int("SSE_MAXLEN", default=10_000)  # events kept per stream for replay
+# Bytes of event names and data kept per stream for replay (the newest event always stays); 0: no byte limit.
+SSE_MAX_STREAM_BYTES = env.int("SSE_MAX_STREAM_BYTES", default=16_777_216)
 SSE_MAX_AGE = env.float("SSE_MAX_AGE", default=86_400)  # seconds an event stays replayable; 0: no limit
 SSE_STREAM_TTL = env.int("SSE_STREAM_TTL", default=86_400)  # seconds a stream's log outlives its last event
 SSE_HEARTBEAT = env.float("SSE_HEARTBEAT", default=15.0)  # seconds between comment lines
@@ -140,6 +142,8 @@ SSE_UNWATCH_DELAY = env.float("SSE_UNWATCH_DELAY", default=30.0)  # keep a strea
 SSE_MAX_STREAMS = env.int("SSE_MAX_STREAMS", default=20_000)  # open streams per process; then 503
 SSE_MAX_DATA_BYTES = env.int("SSE_MAX_DATA_BYTES", default=1_048_576)  # largest event data, as JSON
 SSE_REDIS_SOCKET_TIMEOUT = env.float("SSE_REDIS_SOCKET_TIMEOUT", default=30.0)
+# Seconds to connect to Redis (and get its handshake): how long a new stream waits for its 503 when Redis is down.
+SSE_REDIS_CONNECT_TIMEOUT = env.float("SSE_REDIS_CONNECT_TIMEOUT", default=1.0)
 SSE_REDIS_MAX_CONNECTIONS = env.int("SSE_REDIS_MAX_CONNECTIONS", default=50)
 # Who may read which stream: a callable (request, stream) -> bool, see sse/auth.py.
 # The default allows these fnmatch patterns to everyone and user.<id> to that user.
@@ -162,7 +166,11 @@ SSE_FEEDS = ["sse.layer.LayerFeed"]  # group_send({"type": "sse.event"}) reaches
 
 # socket_timeout longer than channels-redis' 5 s blocking reads: redis-py 8's 5 s
 # default times out idle layers.
-_layer_options = {"socket_timeout": SSE_REDIS_SOCKET_TIMEOUT, "max_connections": 100}
+_layer_options = {
+    "socket_timeout": SSE_REDIS_SOCKET_TIMEOUT,
+    "socket_connect_timeout": SSE_REDIS_CONNECT_TIMEOUT,
+    "max_connections": 100,
+}
 if REDIS_SENTINELS:
     _layer_host = {
         "sentinels": REDIS_SENTINELS,

@@ -39,6 +39,10 @@ class BrokerUnavailable(RuntimeError):
     """Redis could not be reached; the message says where (without the password)."""
 
 
+class BrokerFull(BrokerUnavailable):
+    """Redis is at ``maxmemory`` and refuses writes (``noeviction``): nothing was published."""
+
+
 def prepare(stream: str, event: str, data: Any) -> tuple[str, str, str]:
     """Validate a publish call and serialize its data, before anything is written."""
     validate_stream(stream)

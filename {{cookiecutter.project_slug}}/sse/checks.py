@@ -57,6 +57,24 @@ def authorize_policy(app_configs: Any = None, **kwargs: Any) -> list[checks.Chec
     return []
 
 
+@checks.register("sse")
+def retention_budget(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """A stream's log holds at most SSE_MAX_STREAM_BYTES, unless one event alone is larger."""
+    budget = setting("SSE_MAX_STREAM_BYTES", 16_777_216)
+    largest = setting("SSE_MAX_DATA_BYTES", 1_048_576)
+    if budget > 0 and largest > budget:
+        return [
+            checks.Warning(
+                f"SSE_MAX_DATA_BYTES ({largest}) is larger than SSE_MAX_STREAM_BYTES ({budget}): the newest "
+                "event always stays in its stream's log, so one stream may hold SSE_MAX_DATA_BYTES, over the "
+                "budget, and nothing before such an event can be replayed.",
+                hint="Raise SSE_MAX_STREAM_BYTES to several times SSE_MAX_DATA_BYTES, or lower SSE_MAX_DATA_BYTES.",
+                id="sse.W001",
+            )
+        ]
+    return []
+
+
 # What private stream names look like, for user models with integer, text or UUID keys.
 PRIVATE_SAMPLES = ["user.1", "user.42", "user.alice", "user.0f8fad5b-d9cb-469f-a165-70867728950e"]
 

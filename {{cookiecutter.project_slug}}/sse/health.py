@@ -36,7 +36,10 @@ async def health(request: HttpRequest) -> JsonResponse:
             body["redis"] = "ok"
         except Exception:  # any failure means: not serving events now
             body["redis"] = "unavailable"
-    ok = body["redis"] != "unavailable"
+    for feed in hub.feeds:  # channels mode: the channel layer's Redis, which streams need too
+        if hasattr(feed, "health"):
+            body["channel_layer"] = await feed.health()
+    ok = "unavailable" not in (body["redis"], body.get("channel_layer"))
     return JsonResponse({"status": "ok" if ok else "unavailable", **body}, status=200 if ok else 503)
 
 

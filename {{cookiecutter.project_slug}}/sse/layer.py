@@ -14,10 +14,15 @@ import asyncio
 import logging
 from typing import Any
 
+import redis
 from channels.layers import get_channel_layer
 
+from sse.broker import BrokerFull, BrokerUnavailable
+from sse.conf import setting
 from sse.encoding import InvalidEvent, dumps, validate_event_name
 from sse.hub import Hub
+
+HEALTH_GROUP = "sse-health"
 
 log = logging.getLogger("sse")
 
@@ -35,11 +40,36 @@ class LayerFeed:
         if stream in self.channels:
             return
         channel = await self.layer.new_channel()
-        await self.layer.group_add(stream, channel)
+        await self.join(stream, channel)
         self.channels[stream] = channel
         self.tasks[stream] = self.hub.spawn(self.receive(stream, channel))
         if self.refresher is None:
             self.refresher = self.hub.spawn(self.refresh())
+
+    async def join(self, stream: str, channel: str) -> None:
+        """``group_add``, with the layer's Redis errors as the broker's: the stream gets a 503."""
+        # redis-py retries a failed connection and waits its socket timeout for an
+        # answer: bounded like the broker's connection, so the client is not kept waiting.
+        try:
+            async with asyncio.timeout(setting("SSE_REDIS_CONNECT_TIMEOUT", 1.0) * 2):
+                await self.layer.group_add(stream, channel)
+        except redis.exceptions.OutOfMemoryError as exc:
+            full = "the channel layer's Redis is out of memory (maxmemory reached, writes refused)"
+            raise BrokerFull(f"{full}: {exc}") from None
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            raise BrokerUnavailable(f"the channel layer's Redis is unavailable: {exc or type(exc).__name__}") from None
+
+    async def health(self) -> str | None:
+        """Whether a stream could join its group now: "ok" or "unavailable"; None without Redis."""
+        if not hasattr(self.layer, "group_expiry") or not hasattr(self.layer, "connection"):
+            return None  # the in-memory layer: nothing that can fail
+        channel = await self.layer.new_channel()
+        try:
+            await self.join(HEALTH_GROUP, channel)  # the very write a new stream needs
+            await self.layer.group_discard(HEALTH_GROUP, channel)
+        except (BrokerUnavailable, redis.RedisError, OSError):
+            return "unavailable"
+        return "ok"
 
     async def unwatch(self, stream: str) -> None:
         channel = self.channels.pop(stream, None)

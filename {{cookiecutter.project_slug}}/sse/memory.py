@@ -15,12 +15,43 @@ from sse.encoding import (
 from sse.hub import Feed, Hub, NullFeed
 
 
+class Log:
+    """One stream's entries, oldest first, and the bytes of their names and data."""
+
+    __slots__ = ("bytes", "entries")
+
+    def __init__(self) -> None:
+        self.entries: deque[Entry] = deque()
+        self.bytes = 0
+
+    def append(self, entry: Entry) -> None:
+        self.entries.append(entry)
+        self.bytes += size(entry)
+
+    def trim(self, now_ms: int) -> None:
+        """The Redis log's bounds: count, bytes (the newest entry always stays), age."""
+        maxlen = setting("SSE_MAXLEN", 10_000)
+        max_bytes = setting("SSE_MAX_STREAM_BYTES", 16_777_216)
+        max_age_ms = setting("SSE_MAX_AGE", 86_400) * 1000
+        entries = self.entries
+        while len(entries) > 1 and (
+            len(entries) > maxlen
+            or (max_bytes > 0 and self.bytes > max_bytes)
+            or (max_age_ms > 0 and parse_id(entries[0][0])[0] < now_ms - max_age_ms)
+        ):
+            self.bytes -= size(entries.popleft())
+
+
+def size(entry: Entry) -> int:
+    return len(entry[1].encode()) + len(entry[2].encode())
+
+
 class MemoryBroker(Broker):
     """One process, no Redis: a ring buffer per stream, ids in Redis' format."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._logs: dict[str, deque[Entry]] = {}
+        self._logs: dict[str, Log] = {}
         self._last = (0, 0)
         self.hubs: weakref.WeakSet[Hub] = weakref.WeakSet()
 
@@ -30,11 +61,9 @@ class MemoryBroker(Broker):
             ms = max(int(time.time() * 1000), self._last[0])
             self._last = (ms, self._last[1] + 1 if ms == self._last[0] else 0)
             id = f"{self._last[0]}-{self._last[1]}"
-            entries = self._logs.setdefault(stream, deque(maxlen=setting("SSE_MAXLEN", 10_000)))
-            entries.append((id, event, payload))
-            max_age_ms = setting("SSE_MAX_AGE", 86_400) * 1000
-            while max_age_ms > 0 and parse_id(entries[0][0])[0] < ms - max_age_ms:
-                entries.popleft()
+            log = self._logs.get(stream) or self._logs.setdefault(stream, Log())
+            log.append((id, event, payload))
+            log.trim(ms)
             # Always through the loop's queue, under the lock: deliveries keep id order
             # whichever thread publishes.
             for hub in list(self.hubs):
@@ -47,14 +76,29 @@ class MemoryBroker(Broker):
     async def apublish(self, stream: str, event: str, data: Any) -> str:
         return self.publish(stream, event, data)
 
+    def _entries(self, stream: str) -> deque[Entry]:
+        """A stream's live entries, under the lock. Age applies to idle streams too (Redis
+        trims only when publishing, so both brokers' readers drop what is too old), and a
+        log with nothing published for SSE_STREAM_TTL is gone, as Redis' key expires."""
+        log = self._logs.get(stream)
+        if log is None:
+            return deque()
+        now_ms = int(time.time() * 1000)
+        ttl_ms = setting("SSE_STREAM_TTL", 86_400) * 1000
+        if ttl_ms > 0 and parse_id(log.entries[-1][0])[0] < now_ms - ttl_ms:
+            del self._logs[stream]
+            return deque()
+        log.trim(now_ms)
+        return log.entries
+
     async def areplay(self, stream: str, after: str, count: int) -> list[Entry] | None:
         if not after:
             with self._lock:
-                return list(itertools.islice(self._logs.get(stream, ()), count))
+                return list(itertools.islice(self._entries(stream), count))
         ms, seq, _ = parse_id(after)
         base = f"{ms}-{seq}"
         with self._lock:  # no copy of the whole log for each page
-            entries = self._logs.get(stream, ())
+            entries = self._entries(stream)
             for index, (id, _event, _data) in enumerate(entries):
                 if id == base:
                     return list(itertools.islice(entries, index + 1, index + 1 + count))
@@ -62,7 +106,7 @@ class MemoryBroker(Broker):
 
     async def alast_id(self, stream: str) -> str | None:
         with self._lock:
-            entries = self._logs.get(stream)
+            entries = self._entries(stream)
             return entries[-1][0] if entries else None
 
     def publish_control(self, message: str) -> None:

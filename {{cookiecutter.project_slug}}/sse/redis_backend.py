@@ -17,11 +17,12 @@ import redis
 import redis.asyncio as aredis
 import redis.asyncio.sentinel
 import redis.sentinel
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from sse import revocation
-from sse.broker import Broker, BrokerUnavailable, Entry, prepare
+from sse.broker import Broker, BrokerFull, BrokerUnavailable, Entry, prepare
 from sse.conf import setting
 from sse.encoding import (
     format_id,
@@ -32,17 +33,60 @@ from sse.hub import Feed, Hub
 log = logging.getLogger("sse")
 
 SENTINEL_KWARGS = {"socket_timeout": 5.0}  # how long to wait for a Sentinel to answer
+# How long a new stream waits for Redis to confirm its subscription once connected: a
+# Redis that accepted the connection but stopped answering (overloaded, frozen).
+SUBSCRIBE_TIMEOUT = 5.0
 
-# ARGV: maxlen, event, data, key TTL (s), max age (ms). Age trimming is exact, so that
-# an entry past SSE_MAX_AGE is never replayed; length trimming removes whole nodes.
+# KEYS: the stream, its byte counter. ARGV: maxlen, event, data, key TTL (s), max age (ms),
+# max bytes. The log keeps at most maxlen entries and max bytes of event names and data
+# (the newest entry always stays), none older than max age. The counter makes the byte
+# bound exact without reading the whole log: an entry's size is added when it is
+# appended and subtracted when it is trimmed, and trimming is one oldest entry at a time,
+# so no bound is overshot by a whole node as with MAXLEN ~. A counter that is missing
+# (a log written before it existed, or one key evicted without the other) is rebuilt once.
 PUBLISH_SCRIPT = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[2], 'data', ARGV[3])
-if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
-if tonumber(ARGV[5]) > 0 then
-  local ms = tonumber(string.match(id, '^(%d+)'))
-  redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d', ms - tonumber(ARGV[5])))
+local key, counter = KEYS[1], KEYS[2]
+local maxlen, ttl, max_age, max_bytes = tonumber(ARGV[1]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local function size(fields)
+  local n = 0
+  for i = 2, #fields, 2 do n = n + #fields[i] end
+  return n
 end
-redis.call('PUBLISH', KEYS[1], id .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[3])
+local id = redis.call('XADD', key, '*', 'event', ARGV[2], 'data', ARGV[3])
+local bytes
+if redis.call('EXISTS', counter) == 1 then
+  bytes = redis.call('INCRBY', counter, #ARGV[2] + #ARGV[3])
+else
+  bytes = 0
+  local start = '-'
+  while true do
+    local page = redis.call('XRANGE', key, start, '+', 'COUNT', 100)
+    for _, entry in ipairs(page) do bytes = bytes + size(entry[2]) end
+    if #page < 100 then break end
+    start = '(' .. page[#page][1]
+  end
+  redis.call('SET', counter, bytes)
+end
+local len = redis.call('XLEN', key)
+local cutoff = '(' .. string.format('%d', tonumber(string.match(id, '^(%d+)')) - max_age) .. '-0'
+local trimmed = 0
+while len > 1 do
+  local oldest
+  if len > maxlen or (max_bytes > 0 and bytes > max_bytes) then
+    oldest = redis.call('XRANGE', key, '-', '+', 'COUNT', 1)[1]
+  elseif max_age > 0 then
+    oldest = redis.call('XRANGE', key, '-', cutoff, 'COUNT', 1)[1]
+  end
+  if not oldest then break end
+  redis.call('XDEL', key, oldest[1])
+  len, bytes, trimmed = len - 1, bytes - size(oldest[2]), trimmed + size(oldest[2])
+end
+if trimmed > 0 then redis.call('DECRBY', counter, trimmed) end
+if ttl > 0 then
+  redis.call('EXPIRE', key, ttl)
+  redis.call('EXPIRE', counter, ttl)
+end
+redis.call('PUBLISH', key, id .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[3])
 return id
 """
 
@@ -81,7 +125,9 @@ class RedisBroker(Broker):
         # 5 s BZPOPMIN): redis-py 8's default would time out idle connections.
         self.options = {
             "socket_timeout": setting("SSE_REDIS_SOCKET_TIMEOUT", 30.0),
-            "socket_connect_timeout": setting("SSE_REDIS_CONNECT_TIMEOUT", 5.0),
+            # Also bounds the handshake (see RedisFeed.listen): a new stream waits this
+            # long, not redis-py's 5 s per attempt, before it gets its 503.
+            "socket_connect_timeout": setting("SSE_REDIS_CONNECT_TIMEOUT", 1.0),
             "health_check_interval": 15,
         }
         self._sync: redis.Redis | None = None
@@ -111,9 +157,9 @@ class RedisBroker(Broker):
             if self._sync is None:
                 if self.sentinels:
                     sentinel = redis.sentinel.Sentinel(self.sentinels, sentinel_kwargs=SENTINEL_KWARGS)
-                    self._sync = sentinel.master_for(self.master, **self._sentinel_options())
+                    self._sync = sentinel.master_for(self.master, **self._sentinel_options(retry=Retry(NoBackoff(), 1)))
                 else:
-                    self._sync = redis.Redis.from_url(self.url, **self.options)
+                    self._sync = redis.Redis.from_url(self.url, **self.options, retry=Retry(NoBackoff(), 1))
             return self._sync
 
     def aclient(self) -> aredis.Redis:
@@ -127,6 +173,9 @@ class RedisBroker(Broker):
         return client
 
     def new_aclient(self, **extra: Any) -> aredis.Redis:
+        # One immediate retry: after a Redis restart each pooled connection is stale, and
+        # its first command would fail (a replay cut short, a 503) though Redis is back.
+        extra = {"retry": AsyncRetry(NoBackoff(), 1), **extra}
         if self.sentinels:
             sentinel = aredis.sentinel.Sentinel(self.sentinels, sentinel_kwargs=SENTINEL_KWARGS)
             extra.pop("timeout", None)  # the Sentinel pool does not block
@@ -143,13 +192,18 @@ class RedisBroker(Broker):
             await client.connection_pool.disconnect()
 
     def unavailable(self, exc: Exception) -> BrokerUnavailable:
+        if isinstance(exc, redis.exceptions.OutOfMemoryError):
+            # Not an outage: Redis answers but refuses writes until memory is freed.
+            return BrokerFull(f"{self.where} is out of memory (maxmemory reached, writes refused): {exc}")
         return BrokerUnavailable(f"{self.where} is unavailable: {exc}")
 
     def _args(self, stream: str, event: str, data: Any) -> tuple[list[str], list[Any]]:
         stream, event, payload = prepare(stream, event, data)
         ttl = setting("SSE_STREAM_TTL", 86_400)
         max_age_ms = int(setting("SSE_MAX_AGE", 86_400) * 1000)
-        return [self.key(stream)], [setting("SSE_MAXLEN", 10_000), event, payload, ttl, max_age_ms]
+        max_bytes = setting("SSE_MAX_STREAM_BYTES", 16_777_216)
+        key = self.key(stream)
+        return [key, key + ":bytes"], [setting("SSE_MAXLEN", 10_000), event, payload, ttl, max_age_ms, max_bytes]
 
     def publish(self, stream: str, event: str, data: Any) -> str:
         keys, args = self._args(stream, event, data)
@@ -229,9 +283,13 @@ class RedisFeed:
         self.failures = 0
         # Subscribed with the streams, on every (re)connection; never unwatched.
         self.streams[broker.control_channel] = ""
+        self.error: BrokerUnavailable | None = None  # set while Redis can't be reached
 
     async def watch(self, stream: str) -> None:
         channel = self.broker.key(stream).encode()
+        if self.error is not None:
+            # Redis is known to be down: answer now rather than after another attempt.
+            raise self.error
         async with self.lock:  # SUBSCRIBE and UNSUBSCRIBE leave in call order
             self.streams[channel] = stream
             if self.task is None:
@@ -243,8 +301,9 @@ class RedisFeed:
                 except redis.RedisError:
                     pass  # run() notices, reconnects and subscribes again
         # Until Redis confirms, a PUBLISH could still miss us; replay comes after this.
+        # run() fails this future at once when it cannot connect.
         try:
-            async with asyncio.timeout(self.broker.options["socket_connect_timeout"] * 2):
+            async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
                 await asyncio.shield(confirmed)
         except TimeoutError:
             raise self.broker.unavailable(TimeoutError("no SUBSCRIBE confirmation")) from None
@@ -267,12 +326,17 @@ class RedisFeed:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self.error = self.broker.unavailable(exc)
                 if self.failures == 0:  # once per outage, not once per client or retry
-                    expected = isinstance(exc, redis.RedisError | OSError)
-                    log.error(
-                        "sse: live events paused: %s; reconnecting", self.broker.unavailable(exc), exc_info=not expected
-                    )
+                    expected = isinstance(exc, redis.RedisError | OSError | TimeoutError)
+                    log.error("sse: live events paused: %s; reconnecting", self.error, exc_info=not expected)
                 self.failures += 1
+                # New streams waiting for their subscription get their 503 now, not
+                # after the SUBSCRIBE_TIMEOUT.
+                for future in self.confirmed.values():
+                    if not future.done():
+                        future.set_exception(self.error)
+                        future.exception()  # retrieved: a future nobody awaits logs nothing
                 await asyncio.sleep(min(0.05 * 2**self.failures, 2.0))
 
     async def listen(self) -> None:
@@ -282,14 +346,24 @@ class RedisFeed:
         pubsub = client.pubsub()
         pending: list[dict[str, Any]] = []
         try:
+            # Connecting includes redis-py's handshake, which waits the socket timeout
+            # (30 s) for an answer: a listener that accepts and never answers would
+            # hold every new stream that long.
+            timeout = self.broker.options["socket_connect_timeout"]
+            try:
+                async with asyncio.timeout(timeout):
+                    await pubsub.connect()
+            except TimeoutError:
+                raise redis.TimeoutError(f"no answer within {timeout} s") from None
             async with self.lock:
                 channels = list(self.streams)
-                self.confirmed = {ch: self.confirmed.get(ch) or self.hub.loop.create_future() for ch in channels}
+                self.confirmed = {ch: self._pending(ch) for ch in channels}
                 if channels:
                     await pubsub.subscribe(*channels)
                 else:
                     await pubsub.ping()
                 self.pubsub = pubsub
+            self.error = None
             waiting = set(channels)
             while waiting:  # messages held back until the catch-up below is done
                 message = await pubsub.get_message(timeout=1.0)
@@ -316,6 +390,12 @@ class RedisFeed:
             self.pubsub = None
             await pubsub.aclose()
             await client.aclose()
+
+    def _pending(self, channel: bytes) -> asyncio.Future[None]:
+        future = self.confirmed.get(channel)
+        if future is None or future.done():
+            future = self.hub.loop.create_future()
+        return future
 
     def confirm(self, channel: bytes) -> None:
         future = self.confirmed.get(channel)
