@@ -571,7 +571,8 @@ def test_a_client_that_stops_reading_is_closed_and_memory_stays_bounded(project,
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    env = project.env(REDIS_URL=redis_server.url)
+    # 20 MB in one stream, all of it replayable: more than the default byte budget of its log.
+    env = project.env(REDIS_URL=redis_server.url, SSE_MAX_STREAM_BYTES=str(32 * 1024 * 1024))
     started = time.monotonic()
     project.run("-c", FLOOD_SCRIPT, "flood", "200", env=env)
     while len(reader.all_events()) < 200 and time.monotonic() - started < 60:
