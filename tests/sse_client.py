@@ -213,3 +213,18 @@ class SSEConnection:
             pass
         self.sock.close()
         self.thread.join(5)
+
+
+def events_until_closed(sock: socket.socket, timeout: float = 10.0) -> list[Event]:
+    """What a stalled client finds when it reads again: the events that reached it before the server closed it."""
+    sock.settimeout(timeout)
+    body = b""
+    try:
+        while chunk := sock.recv(65536):
+            body += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    sock.close()
+    parser = SSEParser()
+    parser.feed(body.split(b"\r\n", 1)[1] if body else b"")  # past the first chunk-size line
+    return parser.events

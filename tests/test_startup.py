@@ -22,13 +22,13 @@ from typing import Any
 import pytest
 
 from tests.conftest import Project
-from tests.sse_client import SSEParser
+from tests.sse_client import events_until_closed
 from tests.test_e2e import Reconnecting, connect, health, raw_status, send_event
 
 # Loaded at interpreter start (PYTHONPATH) in Daphne's process: Twisted's own modules,
 # recompiled with the internals the fast path reads renamed everywhere in them, so
 # Twisted itself still works as a new release would.
-RENAMED_TWISTED = r'''
+RENAMED_TWISTED = r"""
 import importlib.util
 import re
 import sys
@@ -52,7 +52,7 @@ renamed(
     {"dataBuffer": "_pendingData", "offset": "_pendingOffset", "_tempDataLen": "_pendingLength"},
 )
 renamed("twisted.web.http", {"_disconnected": "_connectionGone"})
-'''
+"""
 
 WARNING = "live events go through ASGI"
 
@@ -73,9 +73,7 @@ def renamed_twisted(tmp_path: Path) -> str:
     return str(folder)
 
 
-def test_a_twisted_without_the_fast_paths_internals_still_serves_streams(
-    project, redis_server, start_daphne, tmp_path
-):
+def test_a_twisted_without_the_fast_paths_internals_still_serves_streams(project, redis_server, start_daphne, tmp_path):
     """Streams deliver, replay works, a stalled client is closed, and the process says so once."""
     daphne = start_daphne(PYTHONPATH=renamed_twisted(tmp_path), SSE_SEND_TIMEOUT="2")
     # Like browsers, readers reconnect with their last id if they are ever closed (a
@@ -104,17 +102,9 @@ def test_a_twisted_without_the_fast_paths_internals_still_serves_streams(
     while not any(line in daphne.output() for line in closed) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert any(line in daphne.output() for line in closed), daphne.output()
-    stalled.settimeout(10)
-    body = b""
-    try:
-        while chunk := stalled.recv(65536):
-            body += chunk
-    except (ConnectionResetError, TimeoutError):
-        pass
-    stalled.close()
-    parser = SSEParser()
-    parser.feed(body.split(b"\r\n", 1)[1] if body else b"")  # past the first chunk-size line
-    assert len(parser.events) < 603, "closed before it got everything: it reconnects and replays the rest"
+    assert len(events_until_closed(stalled)) < 603, (
+        "closed before it got everything: it reconnects and replays the rest"
+    )
 
     again = connect(daphne, "renamed", **{"Last-Event-ID": ids[0]})
     again.wait_events(602, timeout=60)
@@ -187,7 +177,11 @@ def test_an_empty_secret_key_is_refused_like_an_unset_one(project):
 
 @pytest.mark.parametrize(
     ("policy", "code"),
-    [("sse.auth.defualt_policy", "sse.E010"), ("no_such_module.policy", "sse.E010"), ("sse.encoding.STREAM_NAME", "sse.E011")],
+    [
+        ("sse.auth.defualt_policy", "sse.E010"),
+        ("no_such_module.policy", "sse.E010"),
+        ("sse.encoding.STREAM_NAME", "sse.E011"),
+    ],
 )
 def test_a_bad_authorize_policy_stops_check_and_daphne(project, policy, code):
     check = project.manage("check", env=project.env(SSE_AUTHORIZE=policy), check=False)
