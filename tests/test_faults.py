@@ -149,7 +149,9 @@ def test_redis_killed_during_a_replay_ends_that_stream_and_the_server_stays_heal
         time.sleep(2)  # Daphne's application checker runs every second
         growth_kb = rss_kb(daphne.pid) - rss
         assert growth_kb < 4096, f"RSS grew {growth_kb} KB over 1,000 requests"
-        assert fd_count(daphne.pid) <= fds + 2, (fds, fd_count(daphne.pid))
+        # Each of the 8 concurrent probes may still add a pooled Redis connection (the
+        # broker's, and in channels mode the channel layer's); a leak per request is 1,000.
+        assert fd_count(daphne.pid) <= fds + 8, (fds, fd_count(daphne.pid))
     finally:
         redis.stop()
 
