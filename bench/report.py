@@ -300,7 +300,7 @@ def markdown(data: dict) -> str:
     parts = ["# SSE benchmark results", "", *machine_lines(data), ""]
     parts += ["Each cell: median of the runs, then (min–max) when they differ. ∞: some events never arrived.", ""]
     if targets(data, systems):
-        parts += ["## Targets (issue 5, per Daphne process)", "", *targets(data, systems), ""]
+        parts += ["## Targets (per Daphne process)", "", *targets(data, systems), ""]
     if "idle" in scenarios:
         parts += [
             "## 1. Idle streams",
