@@ -114,20 +114,9 @@ async def agranted(token: str | None, streams: list[str]) -> tuple[set[str], str
     if user is not None and not await user_active(user):
         # A signed grant outlives its user otherwise: deleted or deactivated users read nothing.
         raise TokenError("its user no longer exists or is inactive")
-    return _granted(names, user, streams), user
-
-
-def granted(token: str | None, streams: list[str]) -> set[str]:
-    """Which of ``streams`` the token grants (none without a token)."""
-    if token is None:
-        return set()
-    names, user = read(token)
-    return _granted(names, user, streams)
-
-
-def _granted(names: set[str], user: str | None, streams: list[str]) -> set[str]:
-    return {
+    granted = {
         name
         for name in streams
         if name in names and (not name.startswith("user.") or (user is not None and name == f"user.{user}"))
     }
+    return granted, user
