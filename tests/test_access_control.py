@@ -14,25 +14,17 @@ import time
 from tests.conftest import Project, bake
 from tests.sse_client import SSEConnection
 from tests.test_deploy import free_port_pair, serve_behind_nginx
-from tests.test_e2e import send_event
+from tests.test_e2e import SESSION_SCRIPT, send_event
 
 # A staff user (the admin's logout view is for staff) with a password and a fresh session.
-LOGIN_SCRIPT = """
-import sys, django
-django.setup()
-from importlib import import_module
-from django.conf import settings
-from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
-user = get_user_model().objects.filter(username=sys.argv[1]).first()
-if user is None:
-    user = get_user_model().objects.create_user(sys.argv[1], password="first password", is_staff=True)
-session = import_module(settings.SESSION_ENGINE).SessionStore()
-session[SESSION_KEY] = str(user.pk)
-session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-session[HASH_SESSION_KEY] = user.get_session_auth_hash()
-session.create()
-print(user.pk, session.session_key)
-"""
+NEW_SESSION_USER = "user, _ = get_user_model().objects.get_or_create(username=sys.argv[1])"
+LOGIN_SCRIPT = SESSION_SCRIPT.replace(
+    NEW_SESSION_USER,
+    "user = get_user_model().objects.filter(username=sys.argv[1]).first()\n"
+    "if user is None:\n"
+    '    user = get_user_model().objects.create_user(sys.argv[1], password="first password", is_staff=True)',
+)
+assert LOGIN_SCRIPT != SESSION_SCRIPT
 
 CHANGE_PASSWORD = """
 import sys, django
