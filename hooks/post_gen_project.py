@@ -34,6 +34,17 @@ def remove_async_view_files() -> None:
     remove(ASYNC_VIEW_FILES)
 
 
+def move_lock_files() -> None:
+    """uv.lock and the requirements exported from it, for the chosen mode."""
+    locks = ROOT / ".locks"
+    if not locks.is_dir():
+        return
+    chosen = locks / SSE_MODE
+    for path in chosen.iterdir() if chosen.is_dir() else ():
+        path.replace(ROOT / path.name)
+    shutil.rmtree(locks)
+
+
 def write_dotenv() -> None:
     """A development .env with a fresh secret; an existing one is never overwritten."""
     path = ROOT / ".env"
@@ -69,5 +80,6 @@ if SSE_MODE == "channels":
     remove_async_view_files()
 else:
     remove_channels_files()
+move_lock_files()
 write_dotenv()
 print_next_steps()

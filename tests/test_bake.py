@@ -71,10 +71,10 @@ def test_each_mode_keeps_only_its_files_and_dependencies(cookies, mode):
         assert (path / name).is_file(), name
     for name in MODE_FILES[other]:
         assert not (path / name).exists(), name
-    requirements = (path / "requirements.txt").read_text()
+    requirements = (path / "pyproject.toml").read_text() + (path / "requirements.txt").read_text()
     sources = "\n".join(p.read_text() for p in path.rglob("*.py"))
     if mode == "channels":
-        assert "channels>=" in requirements and "channels-redis" in requirements
+        assert '"channels>=' in requirements and "\nchannels-redis==" in requirements
         assert "CHANNEL_LAYERS" in (path / "config/settings.py").read_text()
     else:
         assert "channels" not in requirements
