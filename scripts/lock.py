@@ -25,6 +25,10 @@ PLACEHOLDER = "lockfile_placeholder"
 # uv normalises the project's name (PEP 503): the slug's underscores become dashes.
 NAME_IN_LOCK = 'name = "lockfile-placeholder"'
 NAME_TEMPLATE = "name = \"{{ cookiecutter.project_slug|replace('_', '-') }}\""
+# The exports name the project too ("# via <name>"): the same file must come out of a
+# fresh `uv export` in the baked project, which its CI and pre-commit hook check.
+PLACEHOLDER_NAME = "lockfile-placeholder"
+NAME_VARIABLE = "{{ cookiecutter.project_slug|replace('_', '-') }}"
 EXPORTS = {
     # Production: runtime dependencies and the PostgreSQL driver, hashed.
     "requirements.txt": ["--no-dev", "--extra", "postgres"],
@@ -59,7 +63,8 @@ def lock_mode(mode: str, upgrade: bool) -> None:
         for name, extra in EXPORTS.items():
             out = uv("export", "--frozen", "--no-emit-project", "--no-header", *extra, cwd=path)
             (target / name).write_text(
-                f"# Exported from uv.lock for pip: uv export --no-emit-project {' '.join(extra)}\n{out}"
+                f"# Exported from uv.lock for pip: uv export --no-emit-project {' '.join(extra)}\n"
+                + out.replace(PLACEHOLDER_NAME, NAME_VARIABLE)
             )
         print(f"{mode}: {target.relative_to(ROOT)}")
 
