@@ -25,10 +25,10 @@ PLACEHOLDER = "lockfile_placeholder"
 # uv normalises the project's name (PEP 503): the slug's underscores become dashes.
 NAME_IN_LOCK = 'name = "lockfile-placeholder"'
 NAME_TEMPLATE = "name = \"{{ cookiecutter.project_slug|replace('_', '-') }}\""
-# The exports name the project too ("# via <name>"): the same file must come out of a
-# fresh `uv export` in the baked project, which its CI and pre-commit hook check.
-PLACEHOLDER_NAME = "lockfile-placeholder"
-NAME_VARIABLE = "{{ cookiecutter.project_slug|replace('_', '-') }}"
+# No "# via" comments: they name the project, sorted among its dependencies, so no
+# export made here could match a fresh `uv export` in a project of another name (the
+# project's CI and pre-commit hook compare the two).
+EXPORT_ARGS = ["--no-emit-project", "--no-annotate"]
 EXPORTS = {
     # Production: runtime dependencies and the PostgreSQL driver, hashed.
     "requirements.txt": ["--no-dev", "--extra", "postgres"],
@@ -61,10 +61,9 @@ def lock_mode(mode: str, upgrade: bool) -> None:
         assert NAME_IN_LOCK in text, "the project's name is not where this script expects it"
         (target / "uv.lock").write_text(text.replace(NAME_IN_LOCK, NAME_TEMPLATE))
         for name, extra in EXPORTS.items():
-            out = uv("export", "--frozen", "--no-emit-project", "--no-header", *extra, cwd=path)
+            out = uv("export", "--frozen", *EXPORT_ARGS, "--no-header", *extra, cwd=path)
             (target / name).write_text(
-                f"# Exported from uv.lock for pip: uv export --no-emit-project {' '.join(extra)}\n"
-                + out.replace(PLACEHOLDER_NAME, NAME_VARIABLE)
+                f"# Exported from uv.lock for pip: uv export {' '.join([*EXPORT_ARGS, *extra])}\n{out}"
             )
         print(f"{mode}: {target.relative_to(ROOT)}")
 
