@@ -13,7 +13,7 @@ from sse import checks  # noqa: E402
 checks.fail_fast()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from django.urls import re_path  # noqa: E402
+from django.urls import path, re_path  # noqa: E402
 
 from sse.consumers import SSEConsumer  # noqa: E402
 
@@ -21,7 +21,7 @@ application = ProtocolTypeRouter(
     {
         "http": URLRouter(
             [
-                re_path(r"^sse/$", SSEConsumer.as_asgi()),
+                path("sse/", SSEConsumer.as_asgi()),
                 re_path(r"^sse/(?P<stream>.*)/$", SSEConsumer.as_asgi()),
                 re_path(r"", django_application),
             ]
