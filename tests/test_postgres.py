@@ -141,7 +141,7 @@ POOL_MAX = 4
 def get(port: int, path: str, cookie: str) -> int:
     import http.client
 
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
         conn.request("GET", path, headers={"Cookie": f"sessionid={cookie}"})
         response = conn.getresponse()
@@ -160,7 +160,9 @@ def test_pool_bounds_connections_under_concurrent_requests(
     than the pool's size from the process, and open streams do not keep one each.
     """
     dbname = database.rsplit("/", 1)[1]
-    daphne = start_daphne(DATABASE_URL=database, DATABASE_POOL_MAX_SIZE=str(POOL_MAX), DATABASE_POOL_MIN_SIZE="1")
+    # A long wait for a connection: a loaded test machine may be slow, but no request should fail.
+    pool_env = {"DATABASE_POOL_MAX_SIZE": str(POOL_MAX), "DATABASE_POOL_MIN_SIZE": "1", "DATABASE_POOL_TIMEOUT": "30"}
+    daphne = start_daphne(DATABASE_URL=database, **pool_env)
     pk, cookie = project.run(
         "-c", STAFF_SESSION_SCRIPT, f"staff-{uuid.uuid4().hex[:8]}", env=project.env(DATABASE_URL=database)
     ).stdout.split()
