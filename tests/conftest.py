@@ -81,6 +81,95 @@ def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
     server.stop()
 
 
+def postgres_bin(name: str) -> str:
+    """A PostgreSQL server program: Debian keeps them in /usr/lib/postgresql/<version>/bin."""
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
+    path = str(found[-1]) if found else shutil.which(name)
+    if path is None:
+        pytest.fail(f"PostgreSQL's {name} is not installed: run tests/run.sh, which installs it")
+    return path
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster on a free port, with trust authentication for ``postgres``.
+
+    initdb refuses to run as root, so as root the cluster belongs to an unprivileged
+    user (``postgres`` if it exists, else ``nobody``). Its folder is a fresh one in /tmp,
+    which that user can reach; the socket lives there too, so a server on 5432 is never touched.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.workdir = Path(tempfile.mkdtemp(prefix="sse-pg-"))
+        self.data = self.workdir / "data"
+        self.proc: subprocess.Popen | None = None
+        self.prefix: list[str] = []
+        if os.geteuid() == 0:
+            import pwd
+
+            for name in ("postgres", "nobody"):
+                with contextlib.suppress(KeyError):
+                    user = pwd.getpwnam(name)
+                    break
+            os.chown(self.workdir, user.pw_uid, user.pw_gid)
+            # setpriv execs the program itself (runuser would stay its parent): signals reach postgres.
+            self.prefix = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", "--"]
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        if not self.data.exists():
+            subprocess.run(
+                [*self.prefix, postgres_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust"]
+                + ["-E", "UTF8", "--locale=C", "--no-sync"],
+                check=True,
+                capture_output=True,
+                cwd=self.workdir,
+            )
+        cmd = [*self.prefix, postgres_bin("postgres"), "-D", str(self.data), "-p", str(self.port)]
+        cmd += ["-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.workdir}"]
+        cmd += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        cmd += ["-c", "log_connections=on"]  # tests read the log to see which databases were used
+        self.log = self.workdir / "postgres.log"
+        with self.log.open("ab") as out:  # appends: a restart keeps what the first run logged
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir)
+        deadline = time.monotonic() + 30
+        while subprocess.run(
+            [postgres_bin("pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"], check=False
+        ).returncode:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"postgres did not start: {self.log.read_text(errors='replace')}")
+            time.sleep(0.1)
+
+    def sql(self, query: str, database: str = "postgres") -> str:
+        """Run ``query`` with psql; its rows, unaligned."""
+        cmd = [postgres_bin("psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", query, self.url(database)]
+        return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
+
+    def create_database(self, name: str) -> str:
+        """A new empty database; its URL."""
+        self.sql(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)  # fast shutdown: SIGTERM would wait for every client
+            self.proc.wait(30)
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.workdir, ignore_errors=True)
+
+
 class Project:
     """A baked project with its own virtualenv."""
 
@@ -136,7 +225,9 @@ def project(request, tmp_path_factory) -> Project:
     venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, "-r", str(path / "requirements-dev.txt")], check=True, timeout=900)
+    # requirements.txt too: it carries the postgres extra (psycopg and its pool).
+    requirements = ["-r", str(path / "requirements.txt"), "-r", str(path / "requirements-dev.txt")]
+    subprocess.run([*pip, *requirements], check=True, timeout=900)
     project = Project(path, mode, venv)
     project.manage("migrate", "-v0")
     return project

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the template's whole test suite on a fresh Debian machine.
-# Installs what is missing (redis-server, nginx, chromium, chromium-driver) with
+# Installs what is missing (redis-server, nginx, chromium, chromium-driver, postgresql) with
 # apt-get, makes a virtualenv in .venv-tests, then runs pytest on two workers.
 # Extra arguments go to pytest, e.g.: bash tests/run.sh -k e2e
 set -euo pipefail
@@ -11,6 +11,9 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
+# The PostgreSQL tests start their own server from Debian's binaries (the package may also
+# start a cluster on 5432: harmless, the tests never use it).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

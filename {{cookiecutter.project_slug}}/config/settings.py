@@ -74,6 +74,26 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] in ("django.db.backends.postgresql", "django.contrib.gis.db.backends.postgis"):
+    try:
+        import psycopg_pool  # noqa: F401
+    except ImportError:
+        raise ImproperlyConfigured(
+            "DATABASE_URL is PostgreSQL but psycopg is not installed: install the postgres extra "
+            "(uv sync --extra postgres, or pip install -r requirements.txt)"
+        ) from None
+    # Under ASGI every request runs its sync code in a thread of its own, and a
+    # persistent connection (CONN_MAX_AGE) belongs to one thread: none would be
+    # reused. A pool per process bounds the connections instead; a request that
+    # finds it empty waits up to the timeout for one, then fails with a 500.
+    _pool_max = env.int("DATABASE_POOL_MAX_SIZE", default=10)
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # Django refuses a pool with persistent connections
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True  # the pool tests a connection before lending it
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": min(env.int("DATABASE_POOL_MIN_SIZE", default=2), _pool_max),
+        "max_size": _pool_max,
+        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10.0),
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -3,6 +3,8 @@ import os
 import uuid
 
 import pytest
+from asgiref.sync import SyncToAsync
+from django.db import connections
 from hypothesis import settings as hypothesis_settings
 
 from sse import broker
@@ -28,6 +30,17 @@ async def backend(request, settings):
     yield request.param
     # Each test has its own event loop: close what the hub opened on it.
     await broker.aclose()
+
+
+@pytest.fixture(autouse=True)
+def _close_shared_thread_connections():
+    """Async tests reach the database through sync_to_async's one shared thread.
+
+    No request ends there to close its connection: close it after each test, or
+    PostgreSQL refuses to drop the test database while it is still open.
+    """
+    yield
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result()
 
 
 @pytest.fixture
