@@ -89,9 +89,9 @@ def test_quickstart_with_uv(baked: Path):
 
 
 def test_deploy_install_with_uv_has_no_dev_tools(baked: Path, tmp_path):
-    """deploy/README.md: ``uv sync --frozen --no-dev --extra postgres``."""
+    """deploy/README.md: ``uv sync --frozen --no-dev --extra postgres --python python3``."""
     env = {**uv_env(), "UV_PROJECT_ENVIRONMENT": str(tmp_path / "prod")}
-    uv("sync", "--frozen", "--no-dev", "--extra", "postgres", cwd=baked, env=env)
+    uv("sync", "--frozen", "--no-dev", "--extra", "postgres", "--python", "python3", cwd=baked, env=env)
     python = str(tmp_path / "prod" / "bin" / "python")
     run([python, "-c", "import daphne, django, environ, psycopg, psycopg_pool, redis"], baked)
     assert (
@@ -113,3 +113,25 @@ def test_quickstart_and_deploy_install_with_pip(mode, tmp_path):
     assert "no issues" in run([python, "manage.py", "check"], path).stdout
     run([python, "manage.py", "migrate", "-v0"], path)
     run([python, "-m", "pytest", "--version"], path)
+
+
+@pytest.mark.xdist_group("packaging-async_view")
+def test_staying_on_django_52_lts_on_python_312_as_the_readme_says(tmp_path):
+    """README: one Django line without its marker, no marker on django-template-partials, uv lock."""
+    from tests.test_matrix import interpreter
+
+    path = bake(tmp_path, sse_mode="async_view", project_name="Acme Lts Feed")
+    pyproject = (path / "pyproject.toml").read_text()
+    lines = ["\"Django>=5.2,<5.3; python_version < '3.12'\",", "\"Django>=6.1,<6.2; python_version >= '3.12'\","]
+    partials = "\"django-template-partials>=25.2; python_version < '3.12'\","
+    assert all(line in pyproject for line in [*lines, partials]), "the README's recipe names these lines"
+    pyproject = pyproject.replace(lines[0], '"Django>=5.2,<5.3",').replace(f"    {lines[1]}\n", "")
+    (path / "pyproject.toml").write_text(pyproject.replace(partials, '"django-template-partials>=25.2",'))
+    uv("lock", cwd=path, env=uv_env())
+    uv("sync", "--python", interpreter("3.12"), cwd=path, env=uv_env())
+    python = str(path / ".venv" / "bin" / "python")
+    shown = run([python, "-c", "import sys, django; print(sys.version_info[:2], django.get_version())"], path).stdout
+    assert shown.startswith("(3, 12) 5.2."), shown
+    assert "no issues" in run([python, "-W", "error", "manage.py", "check"], path).stdout
+    demo = run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_demo.py"], path).stdout
+    assert " passed" in demo and "failed" not in demo, demo
