@@ -135,3 +135,19 @@ def test_staying_on_django_52_lts_on_python_312_as_the_readme_says(tmp_path):
     assert "no issues" in run([python, "-W", "error", "manage.py", "check"], path).stdout
     demo = run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_demo.py"], path).stdout
     assert " passed" in demo and "failed" not in demo, demo
+
+
+@pytest.mark.xdist_group("packaging-channels")
+def test_the_template_readmes_demo_command_works_without_uv_installed(tmp_path):
+    """The first command of README.md, in a scratch folder, with `check` for `runserver`."""
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"^python3 -m venv /tmp/cc .*$", readme, re.M).group(0)
+    assert command.endswith("manage.py runserver")
+    command = command.replace("/tmp", str(tmp_path)).replace("manage.py runserver", "manage.py check")
+    env = {k: v for k, v in uv_env().items() if not k.startswith("UV_")}
+    # The machine's PATH without this suite's virtualenv: the command brings its own uv.
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if Path(sys.executable).parent != Path(p))
+    env["UV_PYTHON_DOWNLOADS"] = "never"  # python3 is there; a test must not fetch another
+    result = run(["bash", "-c", command], ROOT, env=env)
+    assert "no issues" in result.stdout
+    assert (tmp_path / "sse_project" / ".venv" / "bin" / "daphne").exists()
