@@ -25,16 +25,21 @@ PLACEHOLDER = "lockfile_placeholder"
 # uv normalises the project's name (PEP 503): the slug's underscores become dashes.
 NAME_IN_LOCK = 'name = "lockfile-placeholder"'
 NAME_TEMPLATE = "name = \"{{ cookiecutter.project_slug|replace('_', '-') }}\""
-# No "# via" comments: they name the project, sorted among its dependencies, so no
-# export made here could match a fresh `uv export` in a project of another name (the
-# project's CI and pre-commit hook compare the two).
-EXPORT_ARGS = ["--no-emit-project", "--no-annotate"]
+# Each file is exactly what this command writes, so re-running it after `uv lock` (README)
+# reproduces it. Without annotations: their "# via" notes would name the project, and the
+# order of those notes depends on the name, so no template variable could stand in for it.
+EXPORT = ["export", "--frozen", "--no-emit-project", "--no-annotate"]
 EXPORTS = {
     # Production: runtime dependencies and the PostgreSQL driver, hashed.
     "requirements.txt": ["--no-dev", "--extra", "postgres"],
     # Development and tests, as the quickstart's pip path installs them.
     "requirements-dev.txt": ["--group", "dev"],
 }
+
+
+def export_command(name: str) -> list[str]:
+    """The uv arguments that write ``name`` (without the leading ``uv``)."""
+    return [*EXPORT, *EXPORTS[name], "-o", name]
 
 
 def uv(*args: str, cwd: Path) -> str:
@@ -60,11 +65,9 @@ def lock_mode(mode: str, upgrade: bool) -> None:
         text = (path / "uv.lock").read_text()
         assert NAME_IN_LOCK in text, "the project's name is not where this script expects it"
         (target / "uv.lock").write_text(text.replace(NAME_IN_LOCK, NAME_TEMPLATE))
-        for name, extra in EXPORTS.items():
-            out = uv("export", "--frozen", *EXPORT_ARGS, "--no-header", *extra, cwd=path)
-            (target / name).write_text(
-                f"# Exported from uv.lock for pip: uv export {' '.join([*EXPORT_ARGS, *extra])}\n{out}"
-            )
+        for name in EXPORTS:
+            uv(*export_command(name), cwd=path)
+            shutil.copyfile(path / name, target / name)
         print(f"{mode}: {target.relative_to(ROOT)}")
 
 

@@ -216,18 +216,42 @@ def bake(output: Path, **context: str) -> Path:
     return Path(cookiecutter(str(ROOT), no_input=True, output_dir=str(output), extra_context=context))
 
 
+def uv(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run the uv that tests/requirements.txt installs next to this interpreter."""
+    exe = Path(sys.executable).with_name("uv")
+    run_env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    # Only the interpreters on this machine: a test must not fetch another Python.
+    run_env.update(UV_PYTHON_DOWNLOADS="never", **(env or {}))
+    result = subprocess.run(
+        [str(exe if exe.exists() else "uv"), *args],
+        cwd=cwd,
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"uv {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def uv_sync(path: Path, venv: Path, python: str, *args: str) -> None:
+    """Install a baked project's lock into ``venv``, as its README's quickstart does."""
+    uv("sync", "--frozen", "--python", python, *args, cwd=path, env={"UV_PROJECT_ENVIRONMENT": str(venv)})
+
+
 @pytest.fixture(scope="session", params=MODES)
 def project(request, tmp_path_factory) -> Project:
-    """One baked and installed project per mode, shared by the whole session."""
+    """One baked and installed project per mode, shared by the whole session.
+
+    Installed from the project's uv.lock on python3 (3.11 here: Django 5.2), with the
+    postgres extra, so that tests needing PostgreSQL can reuse the same environment.
+    """
     mode = request.param
     base = tmp_path_factory.mktemp(f"project-{mode}")
     path = bake(base, sse_mode=mode, project_name=f"E2E {mode}")
     venv = base / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check"]
-    # requirements.txt too: it carries the postgres extra (psycopg and its pool).
-    requirements = ["-r", str(path / "requirements.txt"), "-r", str(path / "requirements-dev.txt")]
-    subprocess.run([*pip, *requirements], check=True, timeout=900)
+    uv_sync(path, venv, "python3", "--extra", "postgres")
     project = Project(path, mode, venv)
     project.manage("migrate", "-v0")
     return project

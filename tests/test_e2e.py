@@ -5,7 +5,9 @@ Clients are tests/sse_client.py: raw sockets and an independent parser.
 
 from __future__ import annotations
 
+import http.client
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -788,3 +790,61 @@ def test_a_wildcard_cors_origin_stops_check_and_daphne(project):
         timeout=60,
     )
     assert daphne.returncode != 0 and "sse.E002" in daphne.stderr
+
+
+def demo_publish(daphne, stream: str, event: str, data) -> str:
+    """Publish through a Daphne process: the demo page's form endpoint, with its CSRF cookie."""
+    conn = http.client.HTTPConnection("127.0.0.1", daphne.port, timeout=10)
+    try:
+        conn.request("GET", "/")
+        page = conn.getresponse()
+        page.read()
+        cookies = "; ".join(page.headers.get_all("Set-Cookie") or [])
+        token = re.search(r"csrftoken=([^;]+)", cookies).group(1)
+        body = json.dumps({"stream": stream, "event": event, "data": data})
+        headers = {"Content-Type": "application/json", "Cookie": f"csrftoken={token}", "X-CSRFToken": token}
+        conn.request("POST", "/demo/publish/", body=body, headers=headers)
+        response = conn.getresponse()
+        answer = json.loads(response.read())
+        assert response.status == 200, answer
+        return answer["id"]
+    finally:
+        conn.close()
+
+
+def page_event_ids(daphne) -> tuple[list[str], str]:
+    """The notifications feed the demo page renders server-side: its rows' ids and data-last-id."""
+    conn = http.client.HTTPConnection("127.0.0.1", daphne.port, timeout=10)
+    try:
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        page = response.read().decode()
+        assert response.status == 200, page
+    finally:
+        conn.close()
+    feed = re.search(r'<ul class="feed" data-stream="notifications" data-last-id="([^"]*)"[^>]*>(.*?)</ul>', page, re.S)
+    return re.findall(r'<li class="event" data-event-id="([^"]+)"', feed.group(2)), feed.group(1)
+
+
+def test_published_through_one_process_delivered_by_the_other_and_replayed_exactly(project, redis_server, start_daphne):
+    """One process publishes, the other serves the client, its replay and the page's history."""
+    a, b = start_daphne(SSE_DEMO_PUBLISH="1"), start_daphne()
+    client = connect(b, "notifications")
+    seen = [demo_publish(a, "notifications", "notification", {"n": n}) for n in range(2)]
+    assert [e.id for e in client.wait_events(2)] == seen
+    client.close()
+    missed = [demo_publish(a, "notifications", "notification", {"n": n}) for n in range(2, 5)]
+    again = connect(b, "notifications", **{"Last-Event-ID": seen[-1]})
+    again.wait_events(len(missed))
+    live = demo_publish(a, "notifications", "notification", {"n": "live"})
+    again.wait_events(len(missed) + 1)
+    time.sleep(0.3)  # a duplicate would show up by now
+    assert [e.id for e in again.events] == [*missed, live]
+    assert [json.loads(e.data) for e in again.events] == [{"n": 2}, {"n": 3}, {"n": 4}, {"n": "live"}]
+    again.close()
+    # The page (rendered with the template's `event` partial) lists them newest first, and its
+    # client goes live after the newest.
+    rows, last_id = page_event_ids(b)
+    assert rows[:6] == [live, *missed[::-1], *seen[::-1]] and last_id == live
+    for daphne in (a, b):
+        assert "Warning" not in daphne.output(), daphne.output()

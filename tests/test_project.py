@@ -19,6 +19,13 @@ def test_generated_suite_passes_against_real_redis(project: Project, redis_serve
     assert "1 skipped" in summary or "skipped" not in summary, summary
 
 
+def test_matrix_python_311_gets_django_52_and_no_warning(project: Project):
+    """The main fixture's row of the support matrix (tests/test_matrix.py has the others)."""
+    from tests.test_matrix import check_versions
+
+    check_versions(project, "3.11")
+
+
 def test_generated_code_is_lint_clean_with_its_own_config(project: Project):
     ruff = str(project.venv / "bin" / "ruff")
     import subprocess

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import django
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
@@ -42,6 +43,7 @@ INSTALLED_APPS = [
 {%- endif %}
     "sse",
     "demo",
+    *(["template_partials"] if django.VERSION < (6, 0) else []),
 ]
 
 MIDDLEWARE = [
@@ -69,6 +71,10 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
             ],
+            # Template partials (the partialdef and partial tags, "page.html#name") are built
+            # into Django 6.0+. On 5.2 the package they came from provides them; as builtins,
+            # its tags need no load tag, so templates are the same on both versions.
+            **({"builtins": ["template_partials.templatetags.partials"]} if django.VERSION < (6, 0) else {}),
         },
     },
 ]

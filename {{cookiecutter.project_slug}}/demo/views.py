@@ -1,6 +1,8 @@
 """The demo page, and the small publish endpoint its form posts to."""
 
 import json
+from datetime import UTC, datetime
+from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -10,26 +12,57 @@ from django.views.decorators.http import require_GET, require_POST
 
 from sse import apublish
 from sse.auth import is_public
-from sse.broker import BrokerUnavailable
+from sse.broker import BrokerUnavailable, Entry, get_broker
 from sse.encoding import InvalidEvent, validate_stream
 
 PROJECT_NAME = {{ cookiecutter.project_name|tojson|replace('\\"', '\\u0022') }}
 STREAMS = ["notifications", "chat"]
 MAX_BODY = 64 * 1024
+HISTORY = 20  # events per stream rendered with the page, before it goes live
 
 
-def can_publish(request: HttpRequest) -> bool:
+def event_context(entry: Entry) -> dict[str, Any]:
+    """One logged event as the ``demo/index.html#event`` partial shows it."""
+    event_id, name, data = entry
+    value = json.loads(data)
+    return {
+        "id": event_id,
+        "name": name,
+        # A Redis Stream id starts with the publish time in milliseconds.
+        "time": datetime.fromtimestamp(int(event_id.split("-")[0]) / 1000, tz=UTC),
+        "data": value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False),
+    }
+
+
+async def history(stream: str) -> dict[str, Any]:
+    """The newest events of ``stream``, newest first as the page lists them."""
+    try:
+        entries = await get_broker().arecent(stream, HISTORY)
+    except BrokerUnavailable:
+        entries = []  # the page still loads; its streams show the outage
+    return {
+        "stream": stream,
+        "events": [event_context(entry) for entry in reversed(entries)],
+        "last_id": entries[-1][0] if entries else "",
+    }
+
+
+async def can_publish(request: HttpRequest) -> bool:
     """Only in development, or for staff: the demo endpoint is never an open relay."""
-    return settings.SSE_DEMO_PUBLISH or (request.user.is_authenticated and request.user.is_staff)
+    if settings.SSE_DEMO_PUBLISH:
+        return True
+    user = await request.auser()
+    return user.is_authenticated and user.is_staff
 
 
 @require_GET
 @ensure_csrf_cookie
-def index(request: HttpRequest) -> HttpResponse:
+async def index(request: HttpRequest) -> HttpResponse:
     context = {
         "project_name": PROJECT_NAME,
         "streams": STREAMS,
-        "can_publish": can_publish(request),
+        "feeds": [await history(stream) for stream in STREAMS],
+        "can_publish": await can_publish(request),
         "debug": settings.DEBUG,
     }
     return render(request, "demo/index.html", context)
@@ -37,8 +70,7 @@ def index(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 async def publish_view(request: HttpRequest) -> HttpResponse:
-    user = await request.auser()
-    if not (settings.SSE_DEMO_PUBLISH or (user.is_authenticated and user.is_staff)):
+    if not await can_publish(request):
         return JsonResponse({"error": "publishing from the browser is off (DEBUG or staff only)"}, status=403)
     if len(request.body) > MAX_BODY:
         return JsonResponse({"error": f"request larger than {MAX_BODY} bytes"}, status=413)

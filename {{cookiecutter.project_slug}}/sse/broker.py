@@ -76,6 +76,10 @@ class Broker:
     async def alast_id(self, stream: str) -> str | None:
         raise NotImplementedError
 
+    async def arecent(self, stream: str, count: int) -> list[Entry]:
+        """The newest ``count`` entries, oldest first: what a page shows before it goes live."""
+        raise NotImplementedError
+
     async def pages(self, stream: str, after: str) -> AsyncIterator[list[Entry] | None]:
         """Every entry after ``after``, in order, in pages of about min(256 KB, ``SSE_MAX_BUFFER``).
 

@@ -109,6 +109,11 @@ class MemoryBroker(Broker):
             entries = self._entries(stream)
             return entries[-1][0] if entries else None
 
+    async def arecent(self, stream: str, count: int) -> list[Entry]:
+        with self._lock:
+            entries = self._entries(stream)
+            return list(itertools.islice(entries, max(0, len(entries) - count), None))
+
     def publish_control(self, message: str) -> None:
         from sse import revocation
 

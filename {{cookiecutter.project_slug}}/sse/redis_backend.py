@@ -249,6 +249,14 @@ class RedisBroker(Broker):
         raise_swallowed_cancel()
         return rows[0][0].decode() if rows else None
 
+    async def arecent(self, stream: str, count: int) -> list[Entry]:
+        try:
+            rows = await self.aclient().xrevrange(self.key(stream), count=count)
+        except redis.RedisError as exc:
+            raise self.unavailable(exc) from None
+        raise_swallowed_cancel()
+        return [self._entry(row) for row in reversed(rows)]
+
     @staticmethod
     def _entry(row: Any) -> Entry:
         id, fields = row

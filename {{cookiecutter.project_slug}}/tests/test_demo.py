@@ -1,12 +1,19 @@
 """The demo page and its publish endpoint: CSRF, DEBUG-or-staff, size limit, no relay."""
 
 import json
+import re
 
+import django
 import pytest
 from asgiref.sync import sync_to_async
+from django.conf import settings as django_settings
 from django.contrib.auth.models import User
-from django.test import Client
+from django.template import engines
+from django.template.loader import render_to_string
+from django.test import AsyncClient, Client
 
+from demo.views import HISTORY, event_context
+from sse import apublish
 from sse.broker import get_broker
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -64,3 +71,43 @@ def test_csrf_is_enforced(settings):
 def test_bad_publish_requests_are_4xx(settings, body, status):
     settings.SSE_DEMO_PUBLISH = True
     assert post(Client(), body).status_code == status
+
+
+def feed(page: str, stream: str) -> str:
+    match = re.search(rf'<ul class="feed" data-stream="{stream}"[^>]*>(.*?)</ul>', page, re.S)
+    assert match, page
+    return match.group(0)
+
+
+async def test_the_page_comes_with_the_newest_events_rendered_by_the_event_partial(backend):
+    ids = [await apublish("notifications", "notification", {"n": n, "html": "<b>&"}) for n in range(HISTORY + 2)]
+    text_id = await apublish("notifications", "note", "plain <text>")
+    ids.append(text_id)
+    page = (await AsyncClient().get("/")).content.decode()
+    notifications = feed(page, "notifications")
+    shown = re.findall(r'<li class="event" data-event-id="([^"]+)"', notifications)
+    assert shown == ids[::-1][:HISTORY], "the newest events, newest first, as the live feed adds them"
+    assert f'data-last-id="{text_id}"' in notifications, "the client goes live after the newest shown"
+    # The same row as the page's, rendered on its own: how a view or a publisher renders one
+    # fragment of a template ("template.html#partial") on Django 5.2 and 6.x alike.
+    entry = (text_id, "note", json.dumps("plain <text>"))
+    row = await sync_to_async(render_to_string)("demo/index.html#event", {"event": event_context(entry)})
+    assert row.startswith(f'<li class="event" data-event-id="{text_id}"') and row in notifications
+    assert '<pre class="event-data">plain &lt;text&gt;</pre>' in row, "escaped, a string shown as is"
+    assert "&lt;b&gt;&amp;" in notifications and "<b>" not in notifications
+    assert '<ul class="feed" data-stream="chat" data-last-id=""' in feed(page, "chat")
+    assert feed(page, "chat").endswith("></ul>"), "an empty feed is :empty, so the page says it is waiting"
+
+
+async def test_the_page_loads_without_history_when_redis_is_down(settings):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    response = await AsyncClient().get("/")
+    assert response.status_code == 200
+    assert 'data-last-id=""' in feed(response.content.decode(), "notifications")
+
+
+def test_template_partials_are_builtins_on_every_django_version():
+    """Django 6.0+ has them built in; on 5.2 django-template-partials gives the same tags."""
+    builtins = engines["django"].engine.template_builtins
+    assert any("partialdef" in library.tags and "partial" in library.tags for library in builtins)
+    assert ("template_partials" in django_settings.INSTALLED_APPS) == (django.VERSION < (6, 0))

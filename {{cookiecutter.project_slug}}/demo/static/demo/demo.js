@@ -76,7 +76,8 @@ streams.forEach((stream) => {
   });
   view.client = new SSEClient(`${sseBase}${encodeURIComponent(stream)}/`, {
     eventNames: EVENT_NAMES,
-    lastEventId: storage(`sse-demo:last-id:${stream}`),
+    // The page came with the newest events up to data-last-id: go live from there.
+    lastEventId: view.feed.dataset.lastId || storage(`sse-demo:last-id:${stream}`),
     onEvent: (name, data, id) => addEvent(stream, name, data, id),
     onStateChange(state, detail) {
       if (debug && state !== view.state) console.debug(`[sse:${stream}]`, state, detail);
