@@ -10,9 +10,9 @@ from tests.conftest import Project
 
 
 def test_generated_suite_passes_against_real_redis(project: Project, redis_server):
-    result = project.run(
-        "-m", "pytest", "-q", "-p", "no:cacheprovider", env=project.env(SSE_TEST_REDIS_URL=redis_server.url)
-    )
+    # The suite's own settings, as `uv run pytest` has them: project.env() names production's.
+    env = project.env(SSE_TEST_REDIS_URL=redis_server.url, DJANGO_SETTINGS_MODULE="config.test_settings")
+    result = project.run("-m", "pytest", "-q", "-p", "no:cacheprovider", env=env)
     summary = result.stdout.strip().splitlines()[-1]
     assert " passed" in summary and "failed" not in summary and "error" not in summary, result.stdout
     # The Redis half ran: only the one memory-only command test may skip.
