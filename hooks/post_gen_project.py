@@ -64,15 +64,24 @@ def write_dotenv() -> None:
     path.chmod(0o600)
 
 
-def print_next_steps() -> None:
-    print(
+def next_steps() -> str:
+    """What to type next. Publishing from a second terminal needs Redis: without
+    REDIS_URL the events live in the runserver process alone, and send_event refuses."""
+    return (
         f"\nCreated {PROJECT_SLUG} ({SSE_MODE} mode). Next:\n\n"
         f"    cd {PROJECT_SLUG}\n"
+        "    uv sync\n"
+        "    uv run python manage.py migrate\n"
+        "    uv run python manage.py runserver\n\n"
+        "or without uv:\n\n"
         "    python3 -m venv .venv && .venv/bin/pip install -r requirements-dev.txt\n"
         "    .venv/bin/python manage.py migrate && .venv/bin/python manage.py runserver\n\n"
-        "Then open http://127.0.0.1:8000/ and publish from a second terminal with\n"
-        "    .venv/bin/python manage.py send_event notifications --data '{\"msg\": \"hi\"}'\n"
-        "(send_event from another process needs REDIS_URL; see README.md).\n"
+        "Then open http://127.0.0.1:8000/ and publish events with the form on the page.\n\n"
+        "To publish from a second terminal (manage.py send_event, scripts, Celery), every process\n"
+        "must share one Redis: start redis-server, then, before starting runserver, run\n\n"
+        "    echo 'REDIS_URL=redis://127.0.0.1:6379/0' >> .env\n\n"
+        "and in the second terminal:\n\n"
+        "    uv run python manage.py send_event notifications --data '{\"msg\": \"hi\"}'\n"
     )
 
 
@@ -82,4 +91,4 @@ else:
     remove_channels_files()
 move_lock_files()
 write_dotenv()
-print_next_steps()
+print(next_steps())

@@ -6,7 +6,9 @@ user's cookiecutter environment, not in the project's.
 """
 
 import keyword
+import os
 import re
+import shlex
 import sys
 
 PROJECT_SLUG = {{ cookiecutter.project_slug|tojson }}
@@ -15,6 +17,10 @@ DOMAIN_NAME = {{ cookiecutter.domain_name|tojson }}
 DAPHNE_PORT = {{ cookiecutter.daphne_port|tojson }}
 DAPHNE_INSTANCES = {{ cookiecutter.daphne_instances|tojson }}
 DAPHNE_SOCKET = {{ cookiecutter.daphne_socket|tojson }}
+# Where cookiecutter was pointed, and the folder it read the template from: the name of
+# the replay file it saved the answers in, before running this hook.
+TEMPLATE = {{ cookiecutter._template|default("")|tojson }}
+REPO_DIR = {{ cookiecutter._repo_dir|default("")|tojson }}
 
 # Top-level packages of the generated project, and the libraries it imports:
 # a slug that shadows one of them would break imports in confusing ways.
@@ -22,9 +28,34 @@ RESERVED = {"config", "sse", "demo", "tests", "django", "channels", "daphne", "r
 HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
 
+def replay_hint() -> str:
+    """How to run again without answering every prompt again."""
+    # A relative folder is relative to where cookiecutter was started, not to this hook's
+    # working directory (the new project's): the shell's PWD still says where that was.
+    folder = os.path.join(os.environ.get("PWD", ""), REPO_DIR) if REPO_DIR else "TEMPLATE"
+    name = os.path.basename(os.path.normpath(folder))
+    replay = f"~/.cookiecutter_replay/{name}.json"
+    return (
+        f"Your answers are saved in {replay} (cookiecutter's default replay_dir). Fix the value "
+        f"there and run: cookiecutter --replay {shlex.quote(TEMPLATE or 'TEMPLATE')}"
+    )
+
+
 def fail(message: str) -> None:
-    print(f"ERROR: {message}", file=sys.stderr)
+    print(f"ERROR: {message}\n{replay_hint()}", file=sys.stderr)
     sys.exit(1)
+
+
+def suggest_slug(value: str) -> str:
+    """A valid package name close to ``value``, as cookiecutter.json derives the default."""
+    slug = re.sub(r"[^a-z0-9]+", "_", value.lower()).strip("_")
+    if not slug:
+        return "project"
+    if slug[0].isdigit():
+        slug = f"project_{slug}"
+    if keyword.iskeyword(slug) or slug in RESERVED:
+        slug = f"{slug}_project"
+    return slug
 
 
 def as_int(name: str, value: object, low: int, high: int) -> int:
@@ -41,10 +72,13 @@ def validate_slug() -> None:
     if not re.fullmatch(r"[a-z][a-z0-9_]*", PROJECT_SLUG) or keyword.iskeyword(PROJECT_SLUG):
         fail(
             f"project_slug {PROJECT_SLUG!r} is not a valid Python package name: use lowercase "
-            "letters, digits and underscores, starting with a letter."
+            f"letters, digits and underscores, starting with a letter, e.g. {suggest_slug(PROJECT_SLUG)!r}."
         )
     if PROJECT_SLUG in RESERVED:
-        fail(f"project_slug {PROJECT_SLUG!r} would shadow a module of the project; pick another name.")
+        fail(
+            f"project_slug {PROJECT_SLUG!r} would shadow a module of the project; "
+            f"pick another name, e.g. {suggest_slug(PROJECT_SLUG)!r}."
+        )
 
 
 def validate_mode() -> None:

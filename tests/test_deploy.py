@@ -177,7 +177,112 @@ def test_the_units_execstart_serves_a_stream(baked, redis_server, tmp_path, sock
     finally:
         proc.terminate()
         proc.wait(15)
-    assert "Traceback" not in log.read_text()
+    output = log.read_text()
+    assert "Traceback" not in output
+    # One line when it came up, for journald: where it listens, with what, within which limits.
+    listening = f"unix:{sock}" if socket_kind == "unix" else f"tcp:127.0.0.1:{instance}"
+    expected = (
+        rf"INFO sse serving listening={re.escape(listening)} mode={project.mode} "
+        rf"broker={re.escape(redis_server.url)} max_streams=\d+ open_files=\d+ debug=off$"
+    )
+    assert len(re.findall(expected, output, re.M)) == 1, output
+    assert len(re.findall(r" serving listening=", output)) == 1, output
+
+
+def guide(project: Project) -> str:
+    return (project.path / "deploy" / "README.md").read_text()
+
+
+def test_the_guide_installs_every_command_it_uses(baked):
+    text = guide(baked())
+    blocks = "\n".join(re.findall(r"```sh\n(.*?)```", text, re.S))
+    packages = re.search(r"^apt-get install -y (.*)$", blocks, re.M).group(1).split()
+    # Commands that Debian's minimal images lack, and the package that brings each.
+    for command, package in {"sudo": "sudo", "openssl": "openssl", "rsync": "rsync", "certbot": "certbot"}.items():
+        if re.search(rf"(^|[;&|(] *){command} ", blocks, re.M):
+            assert package in packages, f"the guide runs {command} but does not install {package}"
+    assert "--exclude .env" in blocks, "a copy of the project leaves the development .env behind"
+
+
+def test_the_guides_tls_steps_work_in_their_order(baked, tmp_path):
+    """Step 4 as written: self-signed first (nginx -t passes), then certbot's files linked in."""
+    project = baked()
+    slug, domain = project.path.name, "example.com"
+    text = guide(project)
+    section = text[text.index("## 4. nginx and TLS") : text.index("### Metrics and logs")]
+    lines = [
+        " ".join(line.split())
+        for line in "\n".join(re.findall(r"```sh\n(.*?)```", section, re.S)).replace("\\\n", " ").splitlines()
+    ]
+    lines = [line for line in lines if line]
+    site = site_file(project)
+    acme_root = re.search(r"location /\.well-known/acme-challenge/ \{\s*root (\S+);", site).group(1)
+    root = tmp_path / "root"
+    moved = {  # the machine's folders, moved under root
+        "/etc/nginx/": f"{root}/etc/nginx/",
+        "/etc/letsencrypt/": f"{root}/etc/letsencrypt/",
+        "/var/www/": f"{root}/var/www/",
+        "/var/log/nginx/": f"{root}/",
+    }
+
+    def move(text: str) -> str:
+        for old, new in moved.items():
+            text = text.replace(old, new)
+        return text
+
+    for folder in ("etc/nginx/sites-available", "etc/nginx/sites-enabled"):
+        (root / folder).mkdir(parents=True)
+
+    def nginx_t() -> subprocess.CompletedProcess:
+        enabled = root / "etc/nginx/sites-enabled" / f"{slug}.conf"
+        (tmp_path / "site.conf").write_text(move(enabled.read_text()))
+        (tmp_path / "nginx.conf").write_text(
+            f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+            f"http {{\n  access_log off;\n  include /etc/nginx/mime.types;\n  include {tmp_path}/site.conf;\n}}\n"
+        )
+        return subprocess.run(
+            [nginx_binary(), "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+            capture_output=True,
+            text=True,
+        )
+
+    steps = []
+    for line in lines:
+        command = line.split("#")[0].strip()
+        if command.startswith("nginx -t"):
+            result = nginx_t()
+            assert result.returncode == 0, f"{line}\n{result.stderr}"
+            steps.append("nginx -t")
+        elif command.startswith(("curl", "systemctl")):
+            continue
+        elif command.startswith("certbot"):
+            # certbot answers through the running site: its webroot is the site's challenge folder.
+            assert f"--webroot -w {acme_root} " in command and f"-d {domain}" in command, command
+            assert "--deploy-hook" in command and "reload nginx" in command, "renewals reach nginx"
+            live = root / "etc/letsencrypt/live" / domain
+            live.mkdir(parents=True)
+            cert, key = self_signed(live)
+            cert.rename(live / "fullchain.pem")
+            key.rename(live / "privkey.pem")
+            steps.append("certbot")
+        else:
+            command = move(command).replace(
+                f"deploy/nginx/{slug}.conf", str(project.path / f"deploy/nginx/{slug}.conf")
+            )
+            subprocess.run(["bash", "-ec", command], check=True, cwd=tmp_path, capture_output=True)
+            steps.append(command.split()[0])
+            if command.startswith("openssl"):
+                assert (root / "etc/nginx/ssl" / slug / "fullchain.pem").is_file()
+    assert steps.index("openssl") < steps.index("nginx -t") < steps.index("certbot"), steps
+    assert steps[-1] == "nginx -t" and steps.count("nginx -t") == 2, steps
+    # The site now reads certbot's files through the links.
+    for name in ("fullchain.pem", "privkey.pem"):
+        link = root / "etc/nginx/ssl" / slug / name
+        assert link.is_symlink() and link.resolve() == (root / "etc/letsencrypt/live" / domain / name).resolve()
+    # And the order matters: without the self-signed pair nginx -t fails, as the guide says.
+    for name in ("fullchain.pem", "privkey.pem"):
+        (root / "etc/nginx/ssl" / slug / name).unlink()
+    assert nginx_t().returncode != 0
 
 
 class Nginx:

@@ -224,3 +224,125 @@ def test_health_answers_a_probe_at_the_instance_address_with_production_settings
         assert status == 301 and headers["Location"].startswith("https://example.com/"), (path, status)
     behind_nginx = b"GET /sse/notifications/ HTTP/1.1\r\nHost: example.com\r\nX-Forwarded-Proto: https\r\n\r\n"
     assert raw_status(daphne.port, behind_nginx) == 200
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment of a new user's shell: nothing of this project set, .env decides."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "REDIS_", "SSE_"))}
+    env.update(PYTHONUNBUFFERED="1", PYTHONWARNINGS="error::DeprecationWarning,error::PendingDeprecationWarning")
+    env.update(extra)
+    return env
+
+
+def fresh_bake(project: Project, tmp_path: Path, name: str) -> tuple[Project, str]:
+    """A new bake of the session's mode, sharing its virtualenv, and the post-gen message."""
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = tmp_path / name
+    run = subprocess.run(
+        [sys.executable, "-m", "cookiecutter", "--no-input", str(ROOT), "-o", str(out)]
+        + [f"sse_mode={project.mode}", f"project_name={name}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (path,) = out.iterdir()
+    return Project(path, project.mode, project.venv), run.stdout
+
+
+def test_runserver_prints_each_request_and_log_line_once(project, start_daphne):
+    from tests.conftest import free_port
+
+    port = free_port()
+    server = start_daphne(runserver=True, port=port, DJANGO_DEBUG="1")
+    assert status_of(port, "/not-here-once/")[0] == 404
+    stream = connect(server, "once")
+    stream.close()
+    assert wait_for(lambda: "event=disconnect stream=once" in server.output(), 10), server.output()
+    time.sleep(0.5)
+    output = server.output()
+    # A request line (Daphne's runserver log), a warning (django.request), an sse.access line.
+    for line in ("GET /not-here-once/", "Not Found: /not-here-once/", "event=connect stream=once"):
+        assert output.count(line) == 1, f"{line!r} {output.count(line)} times:\n{output}"
+    assert output.count(f"serving listening=tcp:127.0.0.1:{port} ") == 1, output
+
+
+def test_daphne_run_directly_in_debug_serves_the_demo_page_with_its_static_files(project, start_daphne):
+    import re
+
+    daphne = start_daphne(DJANGO_DEBUG="1")
+    status, _headers, body = status_of(daphne.port, "/")
+    assert status == 200
+    assets = re.findall(r'(?:href|src)="(/static/[^"]+)"', body.decode())
+    assert any(a.endswith(".css") for a in assets) and any(a.endswith(".js") for a in assets), assets
+    # demo.js imports the client module by a relative URL.
+    assets.append("/static/demo/sse-client.js")
+    for asset in assets:
+        status, headers, content = status_of(daphne.port, asset)
+        assert status == 200 and content, (asset, status)
+        kind = "text/css" if asset.endswith(".css") else "javascript"
+        assert kind in headers["Content-Type"], (asset, headers["Content-Type"])
+    # With debug off the application serves none: nginx does (deploy/, tests/test_deploy.py).
+    production = start_daphne()
+    assert status_of(production.port, "/static/demo/demo.css")[0] == 404
+
+
+def test_the_post_gen_second_terminal_steps_work_as_printed(project, redis_server, tmp_path):
+    """Follow the message: without Redis send_event says what to add; with it, the event arrives."""
+    import re
+    import shlex
+
+    from tests.conftest import Daphne, free_port
+
+    baked, message = fresh_bake(project, tmp_path, "Second Terminal")
+    for line in (
+        "uv sync",
+        "uv run python manage.py migrate",
+        "uv run python manage.py runserver",
+        "python3 -m venv .venv && .venv/bin/pip install -r requirements-dev.txt",
+        "form on the page",
+    ):
+        assert line in message, message
+    send = re.search(r"^ +uv run (python manage\.py send_event .*)$", message, re.M).group(1)
+    argv = [project.python, *shlex.split(send)[1:]]
+    env = clean_env()
+    # Before the step: a one-line refusal that says exactly what to add.
+    refused = subprocess.run(argv, cwd=baked.path, env=env, capture_output=True, text=True)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "REDIS_URL=redis://127.0.0.1:6379/0" in refused.stderr
+    # The step as printed, with this test's Redis port for the usual one.
+    echo = re.search(r"^ +(echo 'REDIS_URL=redis://127\.0\.0\.1:6379/0' >> \.env)$", message, re.M).group(1)
+    subprocess.run(["bash", "-c", echo.replace(":6379/", f":{redis_server.port}/")], cwd=baked.path, check=True)
+    baked.manage("migrate", "-v0", env=env)
+    port = free_port()
+    server = Daphne(baked, port, env, tmp_path / "runserver.log", runserver=True)
+    try:
+        client = connect(server, "notifications")
+        sent = subprocess.run(argv, cwd=baked.path, env=env, capture_output=True, text=True)
+        assert sent.returncode == 0, sent.stderr
+        (event,) = client.wait_events(1)
+        assert event.id == sent.stdout.strip() and json.loads(event.data) == {"msg": "hi"}
+        client.close()
+    finally:
+        server.stop()
+    assert "Traceback" not in server.output()
+
+
+def test_the_environment_wins_over_dotenv_and_check_deploy_names_what_dotenv_set(project, tmp_path):
+    baked, _message = fresh_bake(project, tmp_path, "Dotenv Precedence")
+    (baked.path / ".env").write_text("DJANGO_DEBUG=1\nDJANGO_SECRET_KEY=from-dotenv\nSSE_MAX_STREAMS=7\n")
+    env = clean_env(DJANGO_DEBUG="0", DJANGO_SECRET_KEY="from-environment-" + "k" * 50)
+    env.update(DJANGO_ALLOWED_HOSTS="example.com", DJANGO_SETTINGS_MODULE="config.settings")
+    show = "from django.conf import settings as s; print(s.DEBUG, s.SECRET_KEY[:16], s.SSE_MAX_STREAMS)"
+    out = baked.manage("shell", "-c", show, env=env).stdout.splitlines()[-1].split()
+    assert out == ["False", "from-environment", "7"], "the environment wins; .env fills in the rest"
+    check = baked.manage("check", "--deploy", "--fail-level", "WARNING", env=env, check=False)
+    assert check.returncode != 0 and "sse.W008" in check.stderr + check.stdout
+    assert ".env set SSE_MAX_STREAMS:" in check.stderr + check.stdout, "names only what came from .env"
+    (baked.path / ".env").unlink()  # as deploy/README.md says
+    baked.manage("check", "--deploy", "--fail-level", "WARNING", env=env)

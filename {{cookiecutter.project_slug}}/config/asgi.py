@@ -8,7 +8,7 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_application = get_asgi_application()  # sets Django up before the imports below
 
-from sse import checks  # noqa: E402
+from sse import checks, startup  # noqa: E402
 
 checks.fail_fast()
 
@@ -28,6 +28,8 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+application = startup.serve_static_in_debug(application)
+startup.announce("channels")
 {%- else -%}
 """ASGI entry point: Django alone; ``/sse/<stream>/`` and ``/sse/?stream=…`` are async views."""
 
@@ -79,9 +81,10 @@ class Handler(ASGIHandler):
 
 
 django.setup(set_prefix=False)
-from sse import checks  # noqa: E402
+from sse import checks, startup  # noqa: E402
 from sse.stream import close_frames  # noqa: E402  (needs the app registry)
 
 checks.fail_fast()
-application = Handler()
+application = startup.serve_static_in_debug(Handler())
+startup.announce("async_view")
 {%- endif %}

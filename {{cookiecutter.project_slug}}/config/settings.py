@@ -4,6 +4,7 @@ Every variable is listed in ``.env.example`` and the README.
 """
 
 import logging
+import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -14,7 +15,14 @@ from django.core.exceptions import ImproperlyConfigured
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env")
+# The environment wins over .env, variable by variable: a value systemd's EnvironmentFile
+# (or the shell) sets is never replaced, and .env only fills in what is unset. So a
+# development .env copied to a server would still bring its DJANGO_DEBUG=1 if the
+# production environment lacked that line: deploy without .env (deploy/README.md).
+_environment = set(os.environ)
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+# The names .env filled in (not their values): `check --deploy` warns about them (sse.W008).
+DOTENV_VARIABLES = sorted(set(os.environ) - _environment)
 
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 # Required when debug is off, so production never starts with a known key. An empty
@@ -242,6 +250,10 @@ LOGGING = {
         "sse": {"level": env.str("SSE_LOG_LEVEL", default="INFO"), "propagate": True},
         # One line per stream connect, disconnect and reset (sse/access.py); WARNING silences them.
         "sse.access": {"level": env.str("SSE_ACCESS_LOG_LEVEL", default="INFO"), "propagate": True},
+        # Django's default config gives "django" a console handler of its own (DEBUG only), and
+        # its records then reach ours through the root: every request line and warning printed
+        # twice. Naming the logger here drops that handler; its records use the root's.
+        "django": {"level": "INFO", "handlers": [], "propagate": True},
         "django.channels.server": {"filters": ["mask_tokens"]},
     },
 }

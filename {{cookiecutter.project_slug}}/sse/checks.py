@@ -97,6 +97,21 @@ def public_patterns(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
     ]
 
 
+@checks.register("sse", deploy=True)
+def dotenv_in_production(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """A development .env copied to a server fills in whatever the environment lacks."""
+    names = setting("DOTENV_VARIABLES", [])
+    if setting("DEBUG", False) or not names:
+        return []
+    return [
+        checks.Warning(
+            f"DEBUG is off, yet .env set {', '.join(names)}: in production set every variable in the "
+            "environment (systemd's EnvironmentFile) and remove .env from the project folder",
+            id="sse.W008",
+        )
+    ]
+
+
 def fail_fast() -> None:
     """Refuse to serve with a broken SSE configuration: Daphne runs no system checks."""
     errors = [message for message in checks.run_checks(tags=["sse"]) if message.is_serious()]

@@ -34,10 +34,12 @@ def test_bad_input_is_a_one_line_command_error(backend, args, message, settings)
     assert "\n" not in str(info.value)
 
 
-def test_without_redis_the_command_refuses(settings):
+def test_without_redis_the_command_refuses_and_says_what_to_set(settings):
     settings.REDIS_URL = None
-    with pytest.raises(CommandError, match="REDIS_URL is not set"):
+    with pytest.raises(CommandError, match="REDIS_URL is not set") as info:
         call_command("send_event", "ok")
+    assert "REDIS_URL=redis://127.0.0.1:6379/0 to .env" in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 def test_unreachable_redis_is_a_command_error(settings):

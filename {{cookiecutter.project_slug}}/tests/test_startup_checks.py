@@ -7,7 +7,7 @@ import pytest
 from django.core.checks import run_checks
 from django.test import AsyncClient, Client
 
-from sse import backpressure, checks
+from sse import backpressure, checks, startup
 
 
 async def my_policy(request, stream: str) -> bool:
@@ -163,3 +163,51 @@ def test_health_answers_a_probe_under_wsgi_too_and_other_paths_are_unchanged(pro
     redirect = Client().get("/", headers={"host": "example.com"})
     assert redirect.status_code == 301 and redirect["Location"] == "https://example.com/"
     assert Client().get("/health/x", headers={"host": "example.com"}).status_code == 301
+
+
+@pytest.mark.parametrize(
+    ("url", "logged"),
+    [
+        (None, "memory"),
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("redis://:s3cret@redis.internal:6380/2", "redis://***@redis.internal:6380/2"),
+        ("rediss://user:s3cret@redis.internal/0", "rediss://***@redis.internal/0"),
+        ("redis://s3cret@redis.internal", "redis://***@redis.internal"),
+    ],
+)
+def test_the_startup_line_names_the_broker_without_its_password(settings, url, logged):
+    settings.REDIS_URL, settings.REDIS_SENTINELS = url, []
+    assert startup.describe_broker() == logged
+    line = startup.startup_line("test", ["tcp:127.0.0.1:8000"])
+    assert f"broker={logged} " in line and "s3cret" not in line
+    assert "listening=tcp:127.0.0.1:8000 mode=test " in line and "max_streams=" in line and "open_files=" in line
+
+
+def test_the_startup_line_names_sentinels(settings):
+    settings.REDIS_URL, settings.REDIS_SENTINEL_MASTER = "redis://:s3cret@/0", "main"
+    settings.REDIS_SENTINELS = [("10.0.0.1", 26379), ("10.0.0.2", 26379)]
+    assert startup.describe_broker() == "redis-sentinel:main@10.0.0.1:26379,10.0.0.2:26379"
+
+
+def test_static_files_are_served_by_the_application_in_debug_only(settings):
+    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
+    app = object()
+    settings.DEBUG = False
+    assert startup.serve_static_in_debug(app) is app
+    settings.DEBUG = True
+    wrapped = startup.serve_static_in_debug(app)
+    assert isinstance(wrapped, ASGIStaticFilesHandler) and wrapped.application is app
+
+
+def test_variables_from_dotenv_are_a_deploy_warning_when_debug_is_off(settings):
+    settings.DOTENV_VARIABLES = ["DJANGO_ALLOWED_HOSTS", "REDIS_URL"]
+    settings.DEBUG = False
+    (warning,) = checks.dotenv_in_production()
+    assert warning.id == "sse.W008" and "DJANGO_ALLOWED_HOSTS, REDIS_URL" in warning.msg
+    assert "sse.W008" in [m.id for m in run_checks(tags=["sse"], include_deployment_checks=True)]
+    assert "sse.W008" not in [m.id for m in run_checks(tags=["sse"])], "a deploy check only"
+    settings.DEBUG = True
+    assert checks.dotenv_in_production() == []
+    settings.DEBUG, settings.DOTENV_VARIABLES = False, []
+    assert checks.dotenv_in_production() == []

@@ -24,8 +24,10 @@ class Command(BaseCommand):
         if not (getattr(settings, "REDIS_URL", None) or getattr(settings, "REDIS_SENTINELS", None)):
             # An in-memory event would only reach this short-lived process.
             raise CommandError(
-                "REDIS_URL is not set: with the in-memory broker an event published from this "
-                "command reaches no server. Set REDIS_URL, or publish from the running process."
+                "REDIS_URL is not set, so the servers keep events in their own memory and nothing "
+                "published from this process can reach them. Start Redis and add "
+                "REDIS_URL=redis://127.0.0.1:6379/0 to .env (or the environment) of the servers and of "
+                "this command, restart the servers, and run it again; or publish with the demo page's form."
             )
         text = sys.stdin.read() if options["data"] == "-" else options["data"]
         try:
