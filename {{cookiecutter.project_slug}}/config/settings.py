@@ -49,6 +49,7 @@ INSTALLED_APPS = [
 {%- if cookiecutter.sse_mode == "channels" %}
     "channels",
 {%- endif %}
+    "django_htmx",  # htmx 2 and 4 and their SSE extensions, served as static files
     "sse",
     "demo",
     *(["template_partials"] if django.VERSION < (6, 0) else []),
@@ -182,7 +183,7 @@ SSE_REDIS_MAX_CONNECTIONS = env.int("SSE_REDIS_MAX_CONNECTIONS", default=50)
 # Who may read which stream: a callable (request, stream) -> bool, see sse/auth.py.
 # The default allows these fnmatch patterns to everyone and user.<id> to that user.
 SSE_AUTHORIZE = env.str("SSE_AUTHORIZE", default="sse.auth.default_policy")
-SSE_PUBLIC_STREAMS = env.list("SSE_PUBLIC_STREAMS", default=["notifications", "chat"])
+SSE_PUBLIC_STREAMS = env.list("SSE_PUBLIC_STREAMS", default=["notifications", "chat", "orders"])
 # Open non-public streams are authorized again this often (seconds; 0: only at logout and
 # password change, which close them at once).
 SSE_RECHECK_INTERVAL = env.float("SSE_RECHECK_INTERVAL", default=300.0)

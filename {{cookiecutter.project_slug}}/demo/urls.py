@@ -1,8 +1,10 @@
 from django.urls import path
 
-from demo import views
+from demo import orders, views
 
 urlpatterns = [
     path("", views.index, name="demo-index"),
     path("demo/publish/", views.publish_view, name="demo-publish"),
+    path("htmx/", orders.page, name="demo-htmx"),
+    path("htmx/orders/", orders.publish, name="demo-htmx-orders"),
 ]
