@@ -150,3 +150,26 @@ def test_after_a_restart_the_fragments_sent_meanwhile_appear_once_each_in_order(
     wait.until(lambda d: len(row_ids(d, tag)) >= 4)
     wait.until(lambda d: d.find_element("id", "state").text.strip() == "open")
     assert row_ids(browser, tag) == [f"{tag}0", *missed], "replayed once each, in order"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_reset_reloads_the_rows_from_the_table(project, redis_server, start_daphne, browser, version):
+    """Back with an id the log no longer has: the rows missed are gone from it, so the page reloads."""
+    import subprocess
+
+    server = start_daphne(runserver=True, DJANGO_DEBUG="1")
+    wait = open_page(browser, server, version)
+    tag = f"x{uuid.uuid4().hex[:8]}-"
+    send_html(project, redis_server.url, f'<li id="{tag}0" class="event order">seen</li>')
+    wait.until(lambda d: row_ids(d, tag) == [f"{tag}0"])
+    browser.execute_script("window.beforeReset = true")
+    server.stop()
+    cli = ["redis-cli", "-p", str(redis_server.port)]
+    keys = subprocess.run([*cli, "--scan", "--pattern", "*:orders"], capture_output=True, text=True, check=True)
+    assert keys.stdout.split(), "the orders log"
+    subprocess.run([*cli, "DEL", *keys.stdout.split()], capture_output=True, check=True)  # the log is lost
+    send_html(project, redis_server.url, f'<li id="{tag}1" class="event order">after the loss</li>')
+    start_daphne(runserver=True, port=server.port, DJANGO_DEBUG="1")
+    wait.until(lambda d: d.execute_script("return window.beforeReset === undefined && !!window.htmx"))
+    wait.until(lambda d: d.find_element("id", "state").text.strip() == "open")
+    assert row_ids(browser, tag) == [], "the page now shows the table's rows, from the log's new position"

@@ -35,3 +35,10 @@ if (window.htmx && htmx.version && htmx.version.startsWith('2')) {
     return new EventSource(url, { withCredentials: true });
   };
 }
+
+// A `reset` event: the page's last id is no longer in the stream's log (it was away longer
+// than the replay window, or the log was lost), so some rows were missed for good. The table
+// still has them: reload the page.
+const reload = () => window.location.reload();
+document.addEventListener('htmx:sseOpen', (event) => event.detail.source.addEventListener('reset', reload));
+document.getElementById('orders').addEventListener('reset', reload); // htmx 4: a DOM event on the list
