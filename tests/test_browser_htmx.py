@@ -48,12 +48,17 @@ def element(driver, id: str, expression: str = "element.textContent"):
 
 
 def open_page(driver, server, version: int):
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver.get(f"http://127.0.0.1:{server.port}/htmx/?htmx={version}")
-    wait = WebDriverWait(driver, 30, poll_frequency=0.1)
-    wait.until(lambda d: d.find_element(By.ID, "state").text.strip() == "open")
+    wait = WebDriverWait(driver, 60, poll_frequency=0.1)  # htmx 4 backs off up to 60 s between reconnects
+    try:
+        wait.until(lambda d: d.find_element(By.ID, "state").text.strip() == "open")
+    except TimeoutException:
+        state = driver.find_element(By.ID, "state").text
+        raise AssertionError(f"not connected ({state}): {driver.get_log('browser')}") from None
     assert driver.execute_script("return htmx.version").startswith(str(version))
     return wait
 
