@@ -21,16 +21,31 @@ MAX_BODY = 64 * 1024
 HISTORY = 20  # events per stream rendered with the page, before it goes live
 
 
+def shown(data: str) -> str:
+    """An event's data as the page shows it: a JSON string as is, other JSON indented."""
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        return data  # not JSON (a text event): its text, which the template escapes
+    text = value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        # Anyone who may publish can send a lone surrogate (valid JSON: "\ud800"). A page is
+        # UTF-8, which has no such character: show the JSON escapes instead of failing the page.
+        return json.dumps(value, indent=2)
+    return text
+
+
 def event_context(entry: Entry) -> dict[str, Any]:
     """One logged event as the ``demo/index.html#event`` partial shows it."""
     event_id, name, data = entry
-    value = json.loads(data)
     return {
         "id": event_id,
         "name": name,
         # A Redis Stream id starts with the publish time in milliseconds.
         "time": datetime.fromtimestamp(int(event_id.split("-")[0]) / 1000, tz=UTC),
-        "data": value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False),
+        "data": shown(data),
     }
 
 

@@ -99,6 +99,17 @@ async def test_the_page_comes_with_the_newest_events_rendered_by_the_event_parti
     assert feed(page, "chat").endswith("></ul>"), "an empty feed is :empty, so the page says it is waiting"
 
 
+@pytest.mark.parametrize("data", ["\ud800", {"text": "a\udfffb", "n": ["\ud83d"]}], ids=["string", "nested"])
+async def test_the_page_shows_events_with_lone_surrogates_as_json_escapes(backend, data):
+    """Anyone allowed to publish can send a lone surrogate; the page must still load for all."""
+    event_id = await apublish("notifications", "odd", data)
+    response = await AsyncClient().get("/")
+    assert response.status_code == 200
+    row = re.search(rf'<li class="event" data-event-id="{event_id}".*?</li>', response.content.decode(), re.S)
+    assert row is not None, "the event is listed"
+    assert re.search(r"\\u(d800|dfff)", row[0]), "shown as the JSON escapes it was sent as"
+
+
 async def test_the_page_loads_without_history_when_redis_is_down(settings):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"
     response = await AsyncClient().get("/")
