@@ -2,6 +2,8 @@
 
 import json
 import re
+import socket
+import time
 
 import django
 import pytest
@@ -12,7 +14,7 @@ from django.template import engines
 from django.template.loader import render_to_string
 from django.test import AsyncClient, Client
 
-from demo.views import HISTORY, event_context
+from demo.views import HISTORY, HISTORY_WAIT, event_context
 from sse import apublish
 from sse.broker import get_broker
 
@@ -115,6 +117,21 @@ async def test_the_page_loads_without_history_when_redis_is_down(settings):
     response = await AsyncClient().get("/")
     assert response.status_code == 200
     assert 'data-last-id=""' in feed(response.content.decode(), "notifications")
+
+
+async def test_the_page_loads_without_history_when_redis_does_not_answer(settings):
+    """A Redis that accepts connections and says nothing must not hold the page."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # the kernel accepts; nobody ever answers
+        settings.REDIS_URL = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        started = time.monotonic()
+        response = await AsyncClient().get("/")
+        elapsed = time.monotonic() - started
+        await get_broker().aclose()
+    assert response.status_code == 200
+    assert 'data-last-id=""' in feed(response.content.decode(), "notifications")
+    assert elapsed < HISTORY_WAIT + 2, f"the page took {elapsed:.1f} s"
 
 
 def test_template_partials_are_builtins_on_every_django_version():
