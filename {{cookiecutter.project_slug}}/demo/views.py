@@ -58,6 +58,11 @@ async def recent(stream: str) -> list[Entry]:
         return []  # the page still loads; its streams show the outage
 
 
+def _retrieve(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()  # read, so asyncio does not log it as never retrieved
+
+
 async def histories(streams: list[str]) -> list[dict[str, Any]]:
     """Each stream's newest events, newest first as the page lists them.
 
@@ -70,6 +75,7 @@ async def histories(streams: list[str]) -> list[dict[str, Any]]:
         found = fetch.result()
     else:
         fetch.cancel()
+        fetch.add_done_callback(_retrieve)  # it ends later, maybe with the cancellation
         found = [[] for _ in streams]
     return [
         {
