@@ -112,6 +112,13 @@ async def test_the_page_shows_events_with_lone_surrogates_as_json_escapes(backen
     assert re.search(r"\\u(d800|dfff)", row[0]), "shown as the JSON escapes it was sent as"
 
 
+async def test_an_html_event_in_the_history_is_shown_as_escaped_text(backend):
+    await apublish("notifications", "row", text="<tr><td>1</td></tr>")
+    response = await AsyncClient().get("/")
+    assert response.status_code == 200
+    assert '<pre class="event-data">&lt;tr&gt;&lt;td&gt;1&lt;/td&gt;&lt;/tr&gt;</pre>' in response.content.decode()
+
+
 async def test_the_page_loads_without_history_when_redis_is_down(settings):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"
     response = await AsyncClient().get("/")
