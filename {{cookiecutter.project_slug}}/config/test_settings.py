@@ -15,4 +15,6 @@ from config.settings import *  # noqa: F403
 DEBUG = False
 SSE_DEMO_PUBLISH = False
 SSE_PUBLIC_STREAMS = ["*"]  # tests use random stream names; tests/test_auth.py checks the default
+# Its templates (tests/templates/) exercise publish_html with a real partial.
+INSTALLED_APPS = [*INSTALLED_APPS, "tests"]  # noqa: F405
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast user creation

@@ -24,7 +24,10 @@ HISTORY = 20  # events per stream rendered with the page, before it goes live
 def event_context(entry: Entry) -> dict[str, Any]:
     """One logged event as the ``demo/index.html#event`` partial shows it."""
     event_id, name, data = entry
-    value = json.loads(data)
+    try:
+        value = json.loads(data)
+    except ValueError:  # a text= event (HTML): shown as its text, escaped like any string
+        value = data
     return {
         "id": event_id,
         "name": name,

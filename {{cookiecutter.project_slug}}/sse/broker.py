@@ -23,7 +23,7 @@ from sse.conf import setting
 from sse.encoding import (
     RESET_EVENT,
     InvalidEvent,
-    dumps,
+    payload,
     validate_event_name,
     validate_stream,
 )
@@ -31,7 +31,7 @@ from sse.hub import Feed, Hub
 
 log = logging.getLogger("sse")
 
-Entry = tuple[str, str, str]  # id, event name, data as JSON text
+Entry = tuple[str, str, str]  # id, event name, data as sent (JSON text, or the text= payload)
 REPLAY_PAGE = 500  # entries per Redis round trip, at most
 
 
@@ -43,26 +43,31 @@ class BrokerFull(BrokerUnavailable):
     """Redis is at ``maxmemory`` and refuses writes (``noeviction``): nothing was published."""
 
 
-def prepare(stream: str, event: str, data: Any) -> tuple[str, str, str]:
-    """Validate a publish call and serialize its data, before anything is written."""
+def prepare(stream: str, event: str, data: Any, text: str | None = None) -> tuple[str, str, str]:
+    """Validate a publish call and serialize its data, before anything is written.
+
+    The payload is ``data`` as JSON, or ``text`` as given (HTML, Datastar lines):
+    from here on both are the same text, stored, replayed and encoded alike.
+    """
     validate_stream(stream)
     validate_event_name(event)
     if event == RESET_EVENT:
         raise InvalidEvent(f"event name {RESET_EVENT!r} is reserved for replay resets")
-    payload = dumps(data)
+    body = payload(data, text)
     limit = setting("SSE_MAX_DATA_BYTES", 1_048_576)
-    if len(payload.encode()) > limit:
+    if len(body.encode()) > limit:
         raise InvalidEvent(f"data is larger than SSE_MAX_DATA_BYTES ({limit} bytes)")
-    return stream, event, payload
+    return stream, event, body
 
 
 class Broker:
     """The interface both backends implement."""
 
-    def publish(self, stream: str, event: str, data: Any) -> str:
+    def publish(self, stream: str, event: str, data: Any, text: str | None = None) -> str:
+        """Log and deliver one event; its payload is ``data`` as JSON or ``text`` (see :func:`prepare`)."""
         raise NotImplementedError
 
-    async def apublish(self, stream: str, event: str, data: Any) -> str:
+    async def apublish(self, stream: str, event: str, data: Any, text: str | None = None) -> str:
         raise NotImplementedError
 
     async def areplay(self, stream: str, after: str, count: int) -> list[Entry] | None:

@@ -131,6 +131,32 @@ def with_id(frame: bytes, id: str) -> bytes:
     return b"id: " + id.encode() + b"\n" + rest
 
 
+def validate_text(text: object) -> str:
+    """A ``text=`` payload (HTML, Datastar lines), checked before it is stored.
+
+    Any line breaks are fine: :func:`encode` gives every line its own ``data:``
+    field, so a blank line in the text is ``data:`` and cannot end the event. CR
+    and CRLF arrive as LF, as the SSE format has it. NUL is refused: it has no
+    place in HTML or text, browsers turn it into U+FFFD, and JSON never carries one.
+    """
+    if not isinstance(text, str):
+        raise InvalidEvent(f"text must be a str, not {type(text).__name__}")
+    if "\0" in text:
+        raise InvalidEvent("text must not contain NUL")
+    if not _is_utf8(text):
+        raise InvalidEvent("text must be valid Unicode (no lone surrogates)")
+    return text
+
+
+def payload(data: Any = None, text: str | None = None) -> str:
+    """An event's data as it is stored and sent: ``data`` as JSON, or ``text`` as is."""
+    if text is None:
+        return dumps(data)
+    if data is not None:
+        raise InvalidEvent("pass either data (sent as JSON) or text (sent as is), not both")
+    return validate_text(text)
+
+
 def dumps(data: Any) -> str:
     """Serialize event data to JSON text, the only data format on the wire."""
     try:
@@ -153,7 +179,7 @@ def encode(
     retry: int | None = None,
     comment: str | None = None,
 ) -> bytes:
-    """Encode one SSE block; ``data`` is text (JSON), split into one line per line."""
+    """Encode one SSE block; ``data`` is text (JSON, HTML...), one ``data:`` line per line."""
     lines = []
     if comment is not None:
         lines.extend(": " + line for line in _LINE_BREAK.split(comment))

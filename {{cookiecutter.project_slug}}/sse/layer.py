@@ -3,6 +3,9 @@
 Any code can do what most Channels tutorials do::
 
     await channel_layer.group_send("notifications", {"type": "sse.event", "event": "notification", "data": {...}})
+    await channel_layer.group_send("orders", {"type": "sse.event", "event": "order", "text": "<tr>...</tr>"})
+
+``data`` is sent as JSON, ``text`` as is (HTML: escape it first, see ``sse.html``).
 
 Each process joins the group of a stream once (not once per client) and hands
 the message to its hub. Such messages bypass the event log: they are live
@@ -19,7 +22,7 @@ from channels.layers import get_channel_layer
 
 from sse.broker import BrokerFull, BrokerUnavailable
 from sse.conf import setting
-from sse.encoding import InvalidEvent, dumps, validate_event_name
+from sse.encoding import InvalidEvent, payload, validate_event_name
 from sse.hub import Hub
 
 HEALTH_GROUP = "sse-health"
@@ -98,7 +101,7 @@ class LayerFeed:
     def deliver(self, stream: str, message: dict[str, Any]) -> None:
         try:
             event = validate_event_name(message.get("event", "message"))
-            data = dumps(message.get("data"))
+            data = payload(message.get("data"), message.get("text"))
         except InvalidEvent as exc:
             log.warning("sse: dropped a group_send to %s: %s", stream, exc)
             return

@@ -55,8 +55,8 @@ class MemoryBroker(Broker):
         self._last = (0, 0)
         self.hubs: weakref.WeakSet[Hub] = weakref.WeakSet()
 
-    def publish(self, stream: str, event: str, data: Any) -> str:
-        stream, event, payload = prepare(stream, event, data)
+    def publish(self, stream: str, event: str, data: Any, text: str | None = None) -> str:
+        stream, event, payload = prepare(stream, event, data, text)
         with self._lock:
             ms = max(int(time.time() * 1000), self._last[0])
             self._last = (ms, self._last[1] + 1 if ms == self._last[0] else 0)
@@ -73,8 +73,8 @@ class MemoryBroker(Broker):
                     self.hubs.discard(hub)
         return id
 
-    async def apublish(self, stream: str, event: str, data: Any) -> str:
-        return self.publish(stream, event, data)
+    async def apublish(self, stream: str, event: str, data: Any, text: str | None = None) -> str:
+        return self.publish(stream, event, data, text)
 
     def _entries(self, stream: str) -> deque[Entry]:
         """A stream's live entries, under the lock. Age applies to idle streams too (Redis

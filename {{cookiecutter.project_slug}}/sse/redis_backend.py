@@ -197,24 +197,24 @@ class RedisBroker(Broker):
             return BrokerFull(f"{self.where} is out of memory (maxmemory reached, writes refused): {exc}")
         return BrokerUnavailable(f"{self.where} is unavailable: {exc}")
 
-    def _args(self, stream: str, event: str, data: Any) -> tuple[list[str], list[Any]]:
-        stream, event, payload = prepare(stream, event, data)
+    def _args(self, stream: str, event: str, data: Any, text: str | None) -> tuple[list[str], list[Any]]:
+        stream, event, payload = prepare(stream, event, data, text)
         ttl = setting("SSE_STREAM_TTL", 86_400)
         max_age_ms = int(setting("SSE_MAX_AGE", 86_400) * 1000)
         max_bytes = setting("SSE_MAX_STREAM_BYTES", 16_777_216)
         key = self.key(stream)
         return [key, key + ":bytes"], [setting("SSE_MAXLEN", 10_000), event, payload, ttl, max_age_ms, max_bytes]
 
-    def publish(self, stream: str, event: str, data: Any) -> str:
-        keys, args = self._args(stream, event, data)
+    def publish(self, stream: str, event: str, data: Any, text: str | None = None) -> str:
+        keys, args = self._args(stream, event, data, text)
         client = self.client()
         try:
             return client.register_script(PUBLISH_SCRIPT)(keys, args).decode()
         except redis.RedisError as exc:
             raise self.unavailable(exc) from None
 
-    async def apublish(self, stream: str, event: str, data: Any) -> str:
-        keys, args = self._args(stream, event, data)
+    async def apublish(self, stream: str, event: str, data: Any, text: str | None = None) -> str:
+        keys, args = self._args(stream, event, data, text)
         client = self.aclient()
         try:
             return (await client.register_script(PUBLISH_SCRIPT)(keys, args)).decode()

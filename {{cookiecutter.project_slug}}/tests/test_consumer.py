@@ -82,6 +82,19 @@ async def test_plain_group_send_reaches_clients_once(backend, stream):
     await comm.wait(5)
 
 
+async def test_group_send_carries_text_as_is_and_refuses_both(backend, stream, caplog):
+    comm, _, _ = await start(f"/sse/{stream}/")
+    await body(comm)
+    layer = get_channel_layer()
+    await layer.group_send(stream, {"type": "sse.event", "event": "x", "data": 1, "text": "<p>"})
+    await layer.group_send(stream, {"type": "sse.event", "event": "row", "text": "<tr>\n<td>1</td>\n</tr>"})
+    (event,) = await events_until(comm, 1)
+    assert (event["event"], event["data"]) == ("row", "<tr>\n<td>1</td>\n</tr>")
+    assert "either data" in caplog.text, "the one with both was dropped, and said so"
+    await comm.send_input({"type": "http.disconnect"})
+    await comm.wait(5)
+
+
 async def test_replay_through_the_consumer(backend, stream):
     ids = [await apublish(stream, "n", i) for i in range(3)]
     comm, _, _ = await start(f"/sse/{stream}/", headers=[(b"last-event-id", ids[0].encode())])

@@ -99,6 +99,13 @@ async def test_the_page_comes_with_the_newest_events_rendered_by_the_event_parti
     assert feed(page, "chat").endswith("></ul>"), "an empty feed is :empty, so the page says it is waiting"
 
 
+async def test_an_html_event_in_the_history_is_shown_as_escaped_text(backend):
+    await apublish("notifications", "row", text="<tr><td>1</td></tr>")
+    response = await AsyncClient().get("/")
+    assert response.status_code == 200
+    assert '<pre class="event-data">&lt;tr&gt;&lt;td&gt;1&lt;/td&gt;&lt;/tr&gt;</pre>' in response.content.decode()
+
+
 async def test_the_page_loads_without_history_when_redis_is_down(settings):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"
     response = await AsyncClient().get("/")
