@@ -86,7 +86,19 @@ def test_production_refuses_to_start_without_a_secret_key(project: Project, scra
     assert project.run("manage.py", "check", cwd=copy, env=env, check=False).returncode == 0
 
 
-@pytest.mark.parametrize("args", [["bad name"], ["ok", "--data", "{"], ["ok", "--event", "reset"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["bad name"],
+        ["ok", "--data", "{"],
+        ["ok", "--event", "reset"],
+        ["ok", "--html", "<p>", "--data", "1"],
+        ["ok", "--template", "missing.html"],
+        ["ok", "--template", "demo/index.html#missing"],
+        ["ok", "--template", "demo/index.html#event", "--context", "{"],
+        ["ok", "--data", "1", "--context", "{}"],
+    ],
+)
 def test_send_event_errors_are_one_line(project: Project, redis_server, args):
     result = project.manage("send_event", *args, env=project.env(REDIS_URL=redis_server.url), check=False)
     assert result.returncode != 0

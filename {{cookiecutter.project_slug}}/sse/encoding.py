@@ -158,7 +158,7 @@ def payload(data: Any = None, text: str | None = None) -> str:
 
 
 def dumps(data: Any) -> str:
-    """Serialize event data to JSON text, the only data format on the wire."""
+    """Serialize event data to JSON text (``text=`` payloads skip this: see :func:`payload`)."""
     try:
         text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         if not _is_utf8(text):

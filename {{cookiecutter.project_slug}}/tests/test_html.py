@@ -10,6 +10,8 @@ from django.template import TemplateDoesNotExist
 from django.test import RequestFactory
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sse import (
     apublish,
@@ -23,7 +25,7 @@ from sse import (
     publish_on_commit,
 )
 from sse.broker import get_broker
-from sse.encoding import InvalidEvent, encode
+from sse.encoding import InvalidEvent, encode, payload
 from sse.html import fragment, render
 from sse.stream import stream_response
 from tests.conftest import data_events, parse, read_until
@@ -66,6 +68,12 @@ def test_cr_and_crlf_arrive_as_lf_and_edge_newlines_survive():
     assert encode(data="a\rb\r\nc") == b"data: a\ndata: b\ndata: c\n\n"
     for text in ["\n<p>x</p>\n", "", "\n\n"]:
         assert parse(encode(id="1-0", data=text).decode())[0]["data"] == text
+
+
+@given(st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\0")))
+def test_property_any_text_reads_back_as_one_event_with_lf_line_ends(text):
+    (event,) = parse(encode(id="1-0", event="e", data=payload(text=text)).decode())
+    assert event == {"id": "1-0", "event": "e", "data": text.replace("\r\n", "\n").replace("\r", "\n")}
 
 
 async def test_text_is_published_stored_and_replayed_verbatim(backend, stream):
