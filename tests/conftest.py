@@ -288,6 +288,7 @@ class Daphne:
                 break
             except OSError:
                 if time.monotonic() > deadline:
+                    self.stop()  # not left running for a later test to trip over
                     raise
                 time.sleep(0.1)
 

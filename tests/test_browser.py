@@ -54,13 +54,20 @@ def test_demo_page_shows_an_event_published_by_send_event(project, redis_server,
     selector = f'.feed[data-stream="notifications"] li.event[data-event-id="{event_id}"]'
     item = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, selector))
     assert item.get_attribute("data-event-name") == "notification"
-    shown = item.find_element(By.CSS_SELECTOR, "pre.event-data").text
+    shown = wait.until(lambda d: visible_data(item))
     assert json.loads(shown) == {"msg": "hello browser ✓"}
     wait.until(lambda d: d.find_element(By.ID, "last-id").text.strip() == event_id)
     logs = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert not logs, logs
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / f"demo-{project.mode}.png"))
+
+
+def visible_data(item) -> str:
+    """The row's data as shown: empty while the row fades in (Selenium reads no text at opacity 0)."""
+    from selenium.webdriver.common.by import By
+
+    return item.find_element(By.CSS_SELECTOR, "pre.event-data").text
 
 
 def test_without_redis_the_demo_form_publishes_live(project, start_daphne, browser):
@@ -80,7 +87,7 @@ def test_without_redis_the_demo_form_publishes_live(project, start_daphne, brows
     browser.find_element(By.CSS_SELECTOR, "#publish-form button[type=submit]").click()
     selector = '.feed[data-stream="notifications"] li.event[data-event-name="greeting"]'
     item = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, selector))
-    assert json.loads(item.find_element(By.CSS_SELECTOR, "pre.event-data").text) == {"msg": "from the form"}
+    assert json.loads(wait.until(lambda d: visible_data(item))) == {"msg": "from the form"}
     assert item.get_attribute("data-event-id") in browser.find_element(By.ID, "publish-result").text
 
 

@@ -12,11 +12,12 @@ from tests.conftest import Project
 def test_generated_suite_passes_against_real_redis(project: Project, redis_server):
     # The suite's own settings, as `uv run pytest` has them: project.env() names production's.
     env = project.env(SSE_TEST_REDIS_URL=redis_server.url, DJANGO_SETTINGS_MODULE="config.test_settings")
-    result = project.run("-m", "pytest", "-q", "-p", "no:cacheprovider", env=env)
+    result = project.run("-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", env=env)
     summary = result.stdout.strip().splitlines()[-1]
     assert " passed" in summary and "failed" not in summary and "error" not in summary, result.stdout
-    # The Redis half ran: only the one memory-only command test may skip.
-    assert "1 skipped" in summary or "skipped" not in summary, summary
+    # The Redis half ran: the only skips are the command's tests on the memory backend.
+    skips = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert all("the command needs REDIS_URL" in line for line in skips), skips
 
 
 def test_matrix_python_311_gets_django_52_and_no_warning(project: Project):

@@ -183,7 +183,7 @@ SSE_REDIS_MAX_CONNECTIONS = env.int("SSE_REDIS_MAX_CONNECTIONS", default=50)
 # Who may read which stream: a callable (request, stream) -> bool, see sse/auth.py.
 # The default allows these fnmatch patterns to everyone and user.<id> to that user.
 SSE_AUTHORIZE = env.str("SSE_AUTHORIZE", default="sse.auth.default_policy")
-SSE_PUBLIC_STREAMS = env.list("SSE_PUBLIC_STREAMS", default=["notifications", "chat", "orders"])
+SSE_PUBLIC_STREAMS = env.list("SSE_PUBLIC_STREAMS", default=["notifications", "chat", "orders", "datastar"])
 # Open non-public streams are authorized again this often (seconds; 0: only at logout and
 # password change, which close them at once).
 SSE_RECHECK_INTERVAL = env.float("SSE_RECHECK_INTERVAL", default=300.0)

@@ -1,5 +1,6 @@
 """The demo page, and the small publish endpoint its form posts to."""
 
+import asyncio
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -19,35 +20,71 @@ PROJECT_NAME = {{ cookiecutter.project_name|tojson|replace('\\"', '\\u0022') }}
 STREAMS = ["notifications", "chat"]
 MAX_BODY = 64 * 1024
 HISTORY = 20  # events per stream rendered with the page, before it goes live
+HISTORY_WAIT = 1.0  # seconds the page waits for that history
+
+
+def shown(data: str) -> str:
+    """An event's data as the page shows it: a JSON string as is, other JSON indented."""
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        return data  # not JSON (a text event): its text, which the template escapes
+    text = value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        # Anyone who may publish can send a lone surrogate (valid JSON: "\ud800"). A page is
+        # UTF-8, which has no such character: show the JSON escapes instead of failing the page.
+        return json.dumps(value, indent=2)
+    return text
 
 
 def event_context(entry: Entry) -> dict[str, Any]:
     """One logged event as the ``demo/index.html#event`` partial shows it."""
     event_id, name, data = entry
-    try:
-        value = json.loads(data)
-    except ValueError:  # a text= event (HTML): shown as its text, escaped like any string
-        value = data
     return {
         "id": event_id,
         "name": name,
         # A Redis Stream id starts with the publish time in milliseconds.
         "time": datetime.fromtimestamp(int(event_id.split("-")[0]) / 1000, tz=UTC),
-        "data": value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False),
+        "data": shown(data),
     }
 
 
-async def history(stream: str) -> dict[str, Any]:
-    """The newest events of ``stream``, newest first as the page lists them."""
+async def recent(stream: str) -> list[Entry]:
     try:
-        entries = await get_broker().arecent(stream, HISTORY)
+        return await get_broker().arecent(stream, HISTORY)
     except BrokerUnavailable:
-        entries = []  # the page still loads; its streams show the outage
-    return {
-        "stream": stream,
-        "events": [event_context(entry) for entry in reversed(entries)],
-        "last_id": entries[-1][0] if entries else "",
-    }
+        return []  # the page still loads; its streams show the outage
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()  # read, so asyncio does not log it as never retrieved
+
+
+async def histories(streams: list[str]) -> list[dict[str, Any]]:
+    """Each stream's newest events, newest first as the page lists them.
+
+    A Redis that accepts connections but does not answer would hold the page for the
+    socket time-out: past HISTORY_WAIT the page comes without history instead.
+    """
+    fetch = asyncio.ensure_future(asyncio.gather(*(recent(stream) for stream in streams)))
+    done, _ = await asyncio.wait({fetch}, timeout=HISTORY_WAIT)
+    if done:
+        found = fetch.result()
+    else:
+        fetch.cancel()
+        fetch.add_done_callback(_retrieve)  # it ends later, maybe with the cancellation
+        found = [[] for _ in streams]
+    return [
+        {
+            "stream": stream,
+            "events": [event_context(entry) for entry in reversed(entries)],
+            "last_id": entries[-1][0] if entries else "",
+        }
+        for stream, entries in zip(streams, found, strict=True)
+    ]
 
 
 async def can_publish(request: HttpRequest) -> bool:
@@ -64,7 +101,7 @@ async def index(request: HttpRequest) -> HttpResponse:
     context = {
         "project_name": PROJECT_NAME,
         "streams": STREAMS,
-        "feeds": [await history(stream) for stream in STREAMS],
+        "feeds": await histories(STREAMS),
         "can_publish": await can_publish(request),
         "debug": settings.DEBUG,
     }

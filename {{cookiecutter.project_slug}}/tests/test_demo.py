@@ -2,6 +2,8 @@
 
 import json
 import re
+import socket
+import time
 
 import django
 import pytest
@@ -12,7 +14,7 @@ from django.template import engines
 from django.template.loader import render_to_string
 from django.test import AsyncClient, Client
 
-from demo.views import HISTORY, event_context
+from demo.views import HISTORY, HISTORY_WAIT, event_context
 from sse import apublish
 from sse.broker import get_broker
 
@@ -99,6 +101,17 @@ async def test_the_page_comes_with_the_newest_events_rendered_by_the_event_parti
     assert feed(page, "chat").endswith("></ul>"), "an empty feed is :empty, so the page says it is waiting"
 
 
+@pytest.mark.parametrize("data", ["\ud800", {"text": "a\udfffb", "n": ["\ud83d"]}], ids=["string", "nested"])
+async def test_the_page_shows_events_with_lone_surrogates_as_json_escapes(backend, data):
+    """Anyone allowed to publish can send a lone surrogate; the page must still load for all."""
+    event_id = await apublish("notifications", "odd", data)
+    response = await AsyncClient().get("/")
+    assert response.status_code == 200
+    row = re.search(rf'<li class="event" data-event-id="{event_id}".*?</li>', response.content.decode(), re.S)
+    assert row is not None, "the event is listed"
+    assert re.search(r"\\u(d800|dfff)", row[0]), "shown as the JSON escapes it was sent as"
+
+
 async def test_an_html_event_in_the_history_is_shown_as_escaped_text(backend):
     await apublish("notifications", "row", text="<tr><td>1</td></tr>")
     response = await AsyncClient().get("/")
@@ -111,6 +124,21 @@ async def test_the_page_loads_without_history_when_redis_is_down(settings):
     response = await AsyncClient().get("/")
     assert response.status_code == 200
     assert 'data-last-id=""' in feed(response.content.decode(), "notifications")
+
+
+async def test_the_page_loads_without_history_when_redis_does_not_answer(settings):
+    """A Redis that accepts connections and says nothing must not hold the page."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # the kernel accepts; nobody ever answers
+        settings.REDIS_URL = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        started = time.monotonic()
+        response = await AsyncClient().get("/")
+        elapsed = time.monotonic() - started
+        await get_broker().aclose()
+    assert response.status_code == 200
+    assert 'data-last-id=""' in feed(response.content.decode(), "notifications")
+    assert elapsed < HISTORY_WAIT + 2, f"the page took {elapsed:.1f} s"
 
 
 def test_template_partials_are_builtins_on_every_django_version():
