@@ -81,6 +81,143 @@ def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
     server.stop()
 
 
+class RedisCluster:
+    """A private Redis Cluster: ``primaries`` primaries with ``replicas`` replicas each, one
+    redis-server per node on a free port, each in a folder of its own (its nodes.conf).
+
+    ``cluster-node-timeout`` is short so that a killed primary's replica takes over in
+    about a second and tests can wait for it.
+    """
+
+    def __init__(self, workdir: Path, primaries: int = 3, replicas: int = 1, node_timeout_ms: int = 1000) -> None:
+        self.workdir = workdir
+        self.primaries, self.replicas, self.node_timeout_ms = primaries, replicas, node_timeout_ms
+        self.ports = [free_port() for _ in range(primaries * (1 + replicas))]
+        # The cluster bus defaults to port + 10000, which may be taken (or above 65535).
+        self.bus_ports = {port: free_port() for port in self.ports}
+        self.procs: dict[int, subprocess.Popen] = {}
+
+    @property
+    def nodes(self) -> str:
+        """``REDIS_CLUSTER_NODES``: every node (a client needs only one that is up)."""
+        return ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    def start_node(self, port: int) -> None:
+        folder = self.workdir / str(port)
+        folder.mkdir(exist_ok=True)
+        cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        cmd += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        cmd += ["--cluster-port", str(self.bus_ports[port]), "--cluster-node-timeout", str(self.node_timeout_ms)]
+        cmd += ["--dir", str(folder)]
+        with (folder / "redis.log").open("ab") as out:
+            self.procs[port] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        wait_for_port(port, self.procs[port])
+
+    def start(self) -> None:
+        for port in self.ports:
+            self.start_node(port)
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports)]
+            + ["--cluster-replicas", str(self.replicas), "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        self.wait_ok()
+
+    def cli(self, port: int, *args: str, timeout: float = 30) -> str:
+        result = subprocess.run(
+            ["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=timeout, check=True
+        )
+        return result.stdout
+
+    def alive(self) -> list[int]:
+        return [port for port, proc in self.procs.items() if proc.poll() is None]
+
+    def topology(self) -> dict[int, dict]:
+        """``CLUSTER NODES`` as seen by a live node: port -> role, id, primary's id, slots."""
+        for port in self.alive():
+            with contextlib.suppress(subprocess.SubprocessError):
+                text = self.cli(port, "cluster", "nodes", timeout=5)
+                break
+        else:
+            raise RuntimeError("no cluster node answers")
+        nodes = {}
+        for line in text.splitlines():
+            fields = line.split()
+            node_port = int(fields[1].split("@")[0].rpartition(":")[2])
+            flags = fields[2].split(",")
+            nodes[node_port] = {
+                "id": fields[0],
+                "primary": "master" in flags,
+                "failed": "fail" in flags or "fail?" in flags,
+                "of": fields[3],
+                "slots": fields[8:],
+            }
+        return nodes
+
+    def primary_ports(self) -> list[int]:
+        return sorted(p for p, n in self.topology().items() if n["primary"] and n["slots"] and not n["failed"])
+
+    def primary_of_slot(self, slot: int) -> int:
+        for port, node in self.topology().items():
+            if not node["primary"] or node["failed"]:
+                continue
+            for span in node["slots"]:
+                if span.startswith("["):  # a slot being migrated or imported
+                    continue
+                low, _, high = span.partition("-")
+                if int(low) <= slot <= int(high or low):
+                    return port
+        raise LookupError(f"no primary serves slot {slot}")
+
+    def slot(self, key: str) -> int:
+        return int(self.cli(self.alive()[0], "cluster", "keyslot", key))
+
+    def wait_ok(self, timeout: float = 60) -> None:
+        """Until every live node says ``cluster_state:ok`` and ``primaries`` primaries serve slots."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(subprocess.SubprocessError, RuntimeError):
+                states = [self.cli(port, "cluster", "info", timeout=5) for port in self.alive()]
+                if all("cluster_state:ok" in s for s in states) and len(self.primary_ports()) == self.primaries:
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"cluster not ok after {timeout}s: {self.topology()}")
+            time.sleep(0.2)
+
+    def kill(self, port: int, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[port]
+        proc.send_signal(sig)
+        proc.wait(10)
+
+    def restart(self, port: int) -> None:
+        """Start a stopped node again: it rejoins, as a replica of whoever took its slots."""
+        self.start_node(port)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory) -> Iterator[RedisCluster]:
+    """Three primaries and three replicas, shared by the session (tests that kill or move
+    something leave it with three healthy primaries again)."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.fail("redis-server is not installed: run tests/run.sh, which installs it")
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 def postgres_bin(name: str) -> str:
     """A PostgreSQL server program: Debian keeps them in /usr/lib/postgresql/<version>/bin."""
     found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
