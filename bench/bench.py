@@ -102,8 +102,8 @@ class Redis:
         self.proc = subprocess.Popen(pinned(cmd, 1, pin), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port, self.proc)
 
-    def command(self, *args: str) -> str:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+    def command(self, *args: str, port: int | None = None) -> str:
+        with socket.create_connection(("127.0.0.1", port or self.port), timeout=10) as sock:
             parts = [f"${len(a.encode())}\r\n{a}\r\n" for a in args]
             sock.sendall(f"*{len(args)}\r\n{''.join(parts)}".encode())
             reply = b""
@@ -124,14 +124,54 @@ class Redis:
         self.proc.wait(10)
 
 
+class RedisCluster(Redis):
+    """For the ``ours-*-cluster`` systems: a Redis Cluster of three primaries on CPU 1.
+
+    No replicas: they cost the primaries the same as a replica of one Redis would.
+    """
+
+    def __init__(self, workdir: Path, pin: bool) -> None:
+        self.url = ""
+        self.procs: dict[int, subprocess.Popen] = {}
+        for _ in range(3):
+            port, bus = free_port(), free_port()  # the bus would be port + 10000, maybe taken
+            (workdir / str(port)).mkdir()
+            cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            cmd += ["--cluster-enabled", "yes", "--cluster-port", str(bus), "--maxclients", "20000"]
+            cmd += ["--dir", str(workdir / str(port))]
+            self.procs[port] = subprocess.Popen(
+                pinned(cmd, 1, pin), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            wait_port(port, self.procs[port])
+        self.port, self.proc = next(iter(self.procs.items()))
+        self.nodes = ",".join(f"127.0.0.1:{port}" for port in self.procs)
+        create = ["redis-cli", "--cluster", "create", *self.nodes.split(","), "--cluster-yes"]
+        subprocess.run(create, check=True, capture_output=True, timeout=60)
+        deadline = time.monotonic() + 60
+        while not all("cluster_state:ok" in self.command("CLUSTER", "INFO", port=p) for p in self.procs):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the bench's Redis Cluster did not come up")
+            time.sleep(0.2)
+
+    def command(self, *args: str, port: int | None = None) -> str:
+        if port is not None:
+            return super().command(*args, port=port)
+        return "".join(super().command(*args, port=p) for p in self.procs)  # FLUSHALL: every primary
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.terminate()
+            proc.wait(10)
+
+
 class System:
     """How to serve and publish one of the compared systems."""
 
     def __init__(self, name: str, build: Path, redis: Redis, cfg: Config, logdir: Path) -> None:
         self.name, self.build, self.redis, self.cfg, self.logdir = name, build, redis, cfg, logdir
-        self.replay = name in REPLAY
+        self.replay = name.removesuffix("-cluster") in REPLAY
         if name.startswith("ours-"):
-            mode = name.removeprefix("ours-")
+            mode = name.removeprefix("ours-").removesuffix("-cluster")  # -cluster: on RedisCluster
             self.kind = "ours"
             self.cwd = build / f"bake-{mode}" / "bench_project"
             self.venv = build / f"venv-ours-{mode}"
@@ -168,6 +208,8 @@ class System:
         )
         if self.settings:
             env["DJANGO_SETTINGS_MODULE"] = self.settings
+        if isinstance(self.redis, RedisCluster):
+            env["REDIS_CLUSTER_NODES"] = self.redis.nodes
         return env
 
     def daphne_flags(self) -> list[str]:
@@ -518,7 +560,10 @@ async def main_async(args: argparse.Namespace, cfg: Config) -> None:
     logdir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-redis-"))
     redis = Redis(workdir, cfg.pin)
-    systems = [System(name, build, redis, cfg, logdir) for name in args.systems]
+    cluster = RedisCluster(workdir, cfg.pin) if any(s.endswith("-cluster") for s in args.systems) else None
+    systems = [
+        System(name, build, cluster if name.endswith("-cluster") else redis, cfg, logdir) for name in args.systems
+    ]
     started = time.monotonic()
     data = {"machine": machine(redis, systems, cfg), "config": cfg.__dict__, "results": []}
     try:
@@ -532,6 +577,8 @@ async def main_async(args: argparse.Namespace, cfg: Config) -> None:
                     (out / "results.json").write_text(json.dumps(data, indent=1, default=str))
     finally:
         redis.stop()
+        if cluster is not None:
+            cluster.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     import report
 
@@ -545,7 +592,12 @@ def main() -> None:
     parser.add_argument("--out", default=str(BENCH / "results"))
     parser.add_argument("--runs", type=int, default=None, help="repetitions (default 3, --quick 1)")
     parser.add_argument("--quick", action="store_true", help="1 run, smaller numbers: a few minutes")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated, from {','.join(SYSTEMS)}")
+    parser.add_argument(
+        "--systems",
+        default=",".join(SYSTEMS),
+        help=f"comma-separated, from {','.join(SYSTEMS)}; ours-channels-cluster and ours-async_view-cluster "
+        "run on a Redis Cluster of three primaries",
+    )
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, from {','.join(SCENARIOS)}")
     parser.add_argument("--clients", type=int, help="clients in fanout, saturation and reconnect")
     parser.add_argument("--events", type=int, help="events in the fan-out scenario")
