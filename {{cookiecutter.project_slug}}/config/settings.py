@@ -159,6 +159,13 @@ REDIS_SENTINEL_OPTIONS = {
     "username": _redis.username,
     "password": _redis.password,
 }
+# Redis Cluster: REDIS_CLUSTER_NODES=host:port,host:port (some of the nodes: the client
+# finds the others). It wins over REDIS_URL, which then only gives the user name and
+# password (and TLS, with rediss://).
+REDIS_CLUSTER_NODES = [
+    (h, int(p)) for h, _, p in (s.rpartition(":") for s in env.list("REDIS_CLUSTER_NODES", default=[]))
+]
+REDIS_CLUSTER_OPTIONS = {"username": _redis.username, "password": _redis.password, "ssl": _redis.scheme == "rediss"}
 SSE_KEY_PREFIX = env.str(
     "SSE_KEY_PREFIX",
     default="{{ cookiecutter.project_slug }}:sse",
@@ -206,7 +213,17 @@ _layer_options = {
     "socket_connect_timeout": SSE_REDIS_CONNECT_TIMEOUT,
     "max_connections": 100,
 }
-if REDIS_SENTINELS:
+# The layer's own Redis, if not REDIS_URL's. channels-redis cannot use a Redis Cluster:
+# with REDIS_CLUSTER_NODES the layer (plain group_send only; publish() goes through the
+# cluster) needs this single Redis, and without it group_send reaches no SSE client
+# (system check sse.W009).
+CHANNEL_LAYER_REDIS_URL = env.str("CHANNEL_LAYER_REDIS_URL", default=None)
+_layer_host = None
+if CHANNEL_LAYER_REDIS_URL:
+    _layer_host = {"address": CHANNEL_LAYER_REDIS_URL, **_layer_options}
+elif REDIS_CLUSTER_NODES:
+    SSE_FEEDS = []
+elif REDIS_SENTINELS:
     _layer_host = {
         "sentinels": REDIS_SENTINELS,
         "master_name": REDIS_SENTINEL_MASTER,
@@ -216,7 +233,7 @@ if REDIS_SENTINELS:
     }
 elif REDIS_URL:
     _layer_host = {"address": REDIS_URL, **_layer_options}
-if REDIS_SENTINELS or REDIS_URL:
+if _layer_host is not None:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",

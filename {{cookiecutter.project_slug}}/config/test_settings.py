@@ -5,6 +5,7 @@ import os
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-not-secret")
 os.environ["DJANGO_SECURE_SSL_REDIRECT"] = "0"
 os.environ["REDIS_URL"] = ""  # tests pick the broker themselves (tests/conftest.py)
+os.environ["REDIS_CLUSTER_NODES"] = ""
 # The suite against another database, e.g. PostgreSQL: the tests create and drop
 # their own test_<name> database on that server.
 if os.environ.get("SSE_TEST_DATABASE_URL"):
