@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -185,6 +185,26 @@ class RedisCluster:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"cluster not ok after {timeout}s: {self.topology()}")
             time.sleep(0.2)
+
+    def migrate_slot(self, slot: int, to: int, during: Callable[[], object] | None = None) -> None:
+        """Move ``slot`` with its keys to the primary on port ``to``, as ``redis-cli --cluster
+        reshard`` does it: IMPORTING/MIGRATING, MIGRATE key by key, then SETSLOT NODE
+        everywhere. ``during`` runs between the keys and the hand-over: then commands on the
+        slot's keys reach the target by ASK redirections, and shard channels stay on the source."""
+        source = self.primary_of_slot(slot)
+        topology = self.topology()
+        src_id, dst_id = topology[source]["id"], topology[to]["id"]
+        self.cli(to, "cluster", "setslot", str(slot), "importing", src_id)
+        self.cli(source, "cluster", "setslot", str(slot), "migrating", dst_id)
+        while keys := self.cli(source, "cluster", "getkeysinslot", str(slot), "100").split():
+            self.cli(source, "migrate", "127.0.0.1", str(to), "", "0", "5000", "keys", *keys)
+        if during is not None:
+            during()
+        for port in (to, source):
+            self.cli(port, "cluster", "setslot", str(slot), "node", dst_id)
+        for port, node in topology.items():  # the others learn it by gossip too; sooner this way
+            if node["primary"] and port not in (to, source) and port in self.alive():
+                self.cli(port, "cluster", "setslot", str(slot), "node", dst_id)
 
     def kill(self, port: int, sig: int = signal.SIGKILL) -> None:
         proc = self.procs[port]
