@@ -305,3 +305,14 @@ def test_channels_group_send_needs_a_single_redis_of_its_own(project, redis_serv
     lone = cluster.daphne()
     time.sleep(0.5)
     assert "sse.W009" in lone.output() or "group_send" in lone.output(), lone.output()
+
+
+def test_generated_suite_runs_its_cluster_tests_against_the_cluster(project, redis_cluster):
+    """The project's own suite, as its user runs it with SSE_TEST_REDIS_CLUSTER_NODES: every test
+    that runs on each broker, and its cluster tests (slots, shards, a dropped subscription)."""
+    env = project.env(SSE_TEST_REDIS_CLUSTER_NODES=redis_cluster.nodes, DJANGO_SETTINGS_MODULE="config.test_settings")
+    result = project.run("-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-k", "cluster", env=env)
+    summary = result.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and "failed" not in summary and "error" not in summary, result.stdout[-5000:]
+    assert int(summary.split(" passed")[0].split()[-1]) >= 50, summary
+    assert "SKIPPED" not in result.stdout, "the cluster tests ran"
