@@ -156,7 +156,7 @@ class RedisCluster(Redis):
     def command(self, *args: str, port: int | None = None) -> str:
         if port is not None:
             return super().command(*args, port=port)
-        return "".join(super().command(*args, port=p) for p in self.procs)  # FLUSHALL: every primary
+        return "".join(Redis.command(self, *args, port=p) for p in self.procs)  # FLUSHALL: every primary
 
     def stop(self) -> None:
         for proc in self.procs.values():

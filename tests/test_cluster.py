@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
 
 import pytest
 
-from tests.conftest import Daphne, Project, RedisCluster, free_port
+from tests.conftest import ROOT, Daphne, Project, RedisCluster, free_port
 from tests.sse_client import SSEConnection
 from tests.test_e2e import connect
 from tests.test_ops import scrape
@@ -316,3 +317,22 @@ def test_generated_suite_runs_its_cluster_tests_against_the_cluster(project, red
     assert " passed" in summary and "failed" not in summary and "error" not in summary, result.stdout[-5000:]
     assert int(summary.split(" passed")[0].split()[-1]) >= 50, summary
     assert "SKIPPED" not in result.stdout, "the cluster tests ran"
+
+
+def test_bench_runs_the_fan_out_on_a_cluster(project, tmp_path):
+    """bench.py's ours-<mode>-cluster system, small: its own cluster, no loss, a row in the table."""
+    build = tmp_path / "build"
+    (build / f"bake-{project.mode}").mkdir(parents=True)
+    (build / f"bake-{project.mode}" / "bench_project").symlink_to(project.path)
+    (build / f"venv-ours-{project.mode}").symlink_to(project.venv)
+    out = tmp_path / "results"
+    system = f"ours-{project.mode}-cluster"
+    cmd = [sys.executable, str(ROOT / "bench" / "bench.py"), "--build", str(build), "--out", str(out)]
+    cmd += ["--systems", system, "--scenarios", "fanout", "--runs", "1", "--clients", "100", "--events", "20"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    (result,) = json.loads((out / "results.json").read_text())["results"]
+    assert result["system"] == system and "error" not in result, result
+    assert (result["expected"], result["delivered"]) == (2000, 2000), result
+    assert result["lost"] == result["duplicated"] == result["out_of_order"] == 0
+    assert result["server_problems"] == [], result
