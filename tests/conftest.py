@@ -96,6 +96,7 @@ class RedisCluster:
         # The cluster bus defaults to port + 10000, which may be taken (or above 65535).
         self.bus_ports = {port: free_port() for port in self.ports}
         self.procs: dict[int, subprocess.Popen] = {}
+        self.frozen: set[int] = set()
 
     @property
     def nodes(self) -> str:
@@ -108,7 +109,8 @@ class RedisCluster:
         cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         cmd += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
         cmd += ["--cluster-port", str(self.bus_ports[port]), "--cluster-node-timeout", str(self.node_timeout_ms)]
-        cmd += ["--dir", str(folder)]
+        # Replicas sync at once (Redis 7 waits 5 s for more of them to share one transfer).
+        cmd += ["--repl-diskless-sync-delay", "0", "--dir", str(folder)]
         with (folder / "redis.log").open("ab") as out:
             self.procs[port] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         wait_for_port(port, self.procs[port])
@@ -132,7 +134,8 @@ class RedisCluster:
         return result.stdout
 
     def alive(self) -> list[int]:
-        return [port for port, proc in self.procs.items() if proc.poll() is None]
+        """The nodes that run and answer (not frozen)."""
+        return [port for port, proc in self.procs.items() if proc.poll() is None and port not in self.frozen]
 
     def topology(self) -> dict[int, dict]:
         """``CLUSTER NODES`` as seen by a live node: port -> role, id, primary's id, slots."""
@@ -174,13 +177,22 @@ class RedisCluster:
     def slot(self, key: str) -> int:
         return int(self.cli(self.alive()[0], "cluster", "keyslot", key))
 
+    def synced(self) -> bool:
+        """Whether every live replica has its primary's data: one that never synced will not
+        take over (``Disconnected from master for longer than allowed``)."""
+        topology = self.topology()
+        replicas = [p for p in self.alive() if p in topology and not topology[p]["primary"]]
+        return all("master_link_status:up" in self.cli(p, "info", "replication", timeout=5) for p in replicas)
+
     def wait_ok(self, timeout: float = 60) -> None:
-        """Until every live node says ``cluster_state:ok`` and ``primaries`` primaries serve slots."""
+        """Until every live node says ``cluster_state:ok``, ``primaries`` primaries serve slots
+        and every replica is in sync."""
         deadline = time.monotonic() + timeout
         while True:
             with contextlib.suppress(subprocess.SubprocessError, RuntimeError):
                 states = [self.cli(port, "cluster", "info", timeout=5) for port in self.alive()]
-                if all("cluster_state:ok" in s for s in states) and len(self.primary_ports()) == self.primaries:
+                ok = all("cluster_state:ok" in s for s in states) and len(self.primary_ports()) == self.primaries
+                if ok and self.synced():
                     return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"cluster not ok after {timeout}s: {self.topology()}")
@@ -211,11 +223,22 @@ class RedisCluster:
         proc.send_signal(sig)
         proc.wait(10)
 
+    def freeze(self, port: int) -> None:
+        """SIGSTOP: the node keeps its connections and answers nothing, as if cut off."""
+        self.procs[port].send_signal(signal.SIGSTOP)
+        self.frozen.add(port)
+
+    def thaw(self, port: int) -> None:
+        self.procs[port].send_signal(signal.SIGCONT)
+        self.frozen.discard(port)
+
     def restart(self, port: int) -> None:
         """Start a stopped node again: it rejoins, as a replica of whoever took its slots."""
         self.start_node(port)
 
     def stop(self) -> None:
+        for port in list(self.frozen):
+            self.thaw(port)
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.terminate()
