@@ -10,7 +10,7 @@ from django.test import AsyncClient
 
 from config.asgi import application
 from sse import apublish
-from sse.broker import get_hub
+from sse.hub import get_hub
 from tests.conftest import parse
 
 # Channels closes stale database connections around every handler, as Django does per request.

@@ -6,9 +6,10 @@ import json
 
 from django.test import RequestFactory
 
-from sse import access, apublish
-from sse.broker import get_hub
-from sse.stream import Connection, retry_frame, stream_response
+from sse import apublish
+from sse.hub import get_hub
+from sse.security import access
+from sse.transports.endpoint import Connection, retry_frame, stream_response
 from tests.conftest import data_events, parse, read_until
 
 rf = RequestFactory()
@@ -167,13 +168,13 @@ async def test_health_reports_streams_and_redis(backend, stream):
 async def test_health_is_503_when_redis_is_down(settings):
     from django.test import AsyncClient
 
-    from sse import broker
+    from sse import hub
 
     settings.REDIS_URL = "redis://127.0.0.1:1/0"
     response = await AsyncClient().get("/health/")
     assert response.status_code == 503
     assert response.json()["redis"] == "unavailable"
-    await broker.aclose()
+    await hub.aclose()
 
 
 async def test_long_replays_page_through_the_log(backend, stream):

@@ -9,7 +9,7 @@ from django.contrib.auth.models import User
 from django.test import AsyncClient
 
 from sse import apublish
-from sse.broker import get_hub
+from sse.hub import get_hub
 from tests.conftest import data_events, read_until
 
 

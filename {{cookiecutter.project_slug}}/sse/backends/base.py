@@ -1,35 +1,24 @@
-"""Publish, subscribe and replay, over Redis or, with no ``REDIS_URL``, in memory.
+"""The interface every backend implements, and what a backend may rely on.
 
-Every event is appended to a capped log per stream (a Redis Stream, or a ring
-buffer); the log entry id is the SSE id, so ids are unique, increasing, and
-survive restarts. Live delivery is one upstream subscription per process and
-stream, fanned out locally by the hub (``sse.hub``) to every open connection as
-bytes encoded once per event.
-
-This module has the interface and picks the backend: ``sse.redis_backend``, or
-``sse.memory`` with no Redis configured.
+A backend keeps a capped log per stream (its entry ids are the SSE ids) and
+delivers live events to each process's hub through a :class:`Feed`. It hands
+them to a :class:`Sink` (the hub implements it) and never imports the hub, a
+transport or the metrics: those build on this module, not the other way round.
 """
 
 import asyncio
-import logging
-import threading
-import weakref
-from collections.abc import AsyncIterator
-from typing import Any
-
-from django.core.signals import setting_changed
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, Protocol
 
 from sse.conf import setting
 from sse.encoding import (
     RESET_EVENT,
+    EventKey,
     InvalidEvent,
     payload,
     validate_event_name,
     validate_stream,
 )
-from sse.hub import Feed, Hub
-
-log = logging.getLogger("sse")
 
 Entry = tuple[str, str, str]  # id, event name, data as sent (JSON text, or the text= payload)
 REPLAY_PAGE = 500  # entries per Redis round trip, at most
@@ -41,6 +30,37 @@ class BrokerUnavailable(RuntimeError):
 
 class BrokerFull(BrokerUnavailable):
     """Redis is at ``maxmemory`` and refuses writes (``noeviction``): nothing was published."""
+
+
+class Sink(Protocol):
+    """What a feed hands live events to: the hub of one event loop (``sse.hub.Hub``)."""
+
+    loop: asyncio.AbstractEventLoop
+    last: dict[str, EventKey]  # the newest id delivered per stream: where a catch-up starts
+
+    def deliver(self, stream: str, id: str, event: str, data: str) -> None:
+        """A logged event, in id order; older or repeated ids are ignored."""
+
+    def deliver_unlogged(self, stream: str, event: str, data: str) -> None:
+        """A live-only event (no log entry, no replay): channels' ``group_send``."""
+
+    def control(self, message: str) -> None:
+        """A control message sent with :meth:`Broker.publish_control` by any process."""
+
+    def close_stream(self, stream: str) -> None:
+        """End every local connection of ``stream``: they reconnect and replay (or get a reset)."""
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> "asyncio.Task[None]":
+        """Run a background task on the hub's loop, kept referenced until it ends."""
+        ...
+
+
+class Feed(Protocol):
+    """A live source of events for a hub, watched per stream."""
+
+    async def watch(self, stream: str) -> None: ...
+
+    async def unwatch(self, stream: str) -> None: ...
 
 
 def prepare(stream: str, event: str, data: Any, text: str | None = None) -> tuple[str, str, str]:
@@ -61,7 +81,13 @@ def prepare(stream: str, event: str, data: Any, text: str | None = None) -> tupl
 
 
 class Broker:
-    """The interface both backends implement."""
+    """The interface every backend implements.
+
+    A backend is made with no arguments (``SSE_BROKER`` names its class) and reads
+    its settings itself; the process keeps one (``sse.backends.get_broker()``).
+    """
+
+    name = "custom"  # what /health/ reports as "broker"
 
     def publish(self, stream: str, event: str, data: Any, text: str | None = None) -> str:
         """Log and deliver one event; its payload is ``data`` as JSON or ``text`` (see :func:`prepare`)."""
@@ -112,11 +138,16 @@ class Broker:
             largest = max(largest, *(len(data) for _id, _event, data in entries))
             count = max(1, min(REPLAY_PAGE, count * 2, budget // largest))
 
-    def feed(self, hub: Hub) -> Feed:
+    def feed(self, hub: Sink) -> Feed:
+        """The feed that brings this backend's live events to ``hub``, one per hub."""
         raise NotImplementedError
 
+    async def ahealth(self) -> str | None:
+        """``"ok"`` or ``"unavailable"`` for /health/; None when there is nothing to reach."""
+        return None
+
     def publish_control(self, message: str) -> None:
-        """Tell every process's hub ``message`` (sse.revocation), at most once, no log entry."""
+        """Tell every process's hub ``message`` (sse.security.revocation), at most once, no log entry."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -124,61 +155,3 @@ class Broker:
 
     async def aclose(self) -> None:
         """Close the connections of the running event loop."""
-
-
-_broker: Broker | None = None
-_broker_lock = threading.Lock()
-_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
-
-
-def get_broker() -> Broker:
-    """The process's broker: Redis when ``REDIS_URL`` or ``REDIS_SENTINELS`` is set, else memory."""
-    global _broker
-    with _broker_lock:
-        if _broker is None:
-            url, sentinels = setting("REDIS_URL", None), setting("REDIS_SENTINELS", [])
-            if url or sentinels:
-                from sse.redis_backend import RedisBroker  # the backends build on this module
-
-                _broker = RedisBroker(url, sentinels)
-            else:
-                from sse.memory import MemoryBroker
-
-                _broker = MemoryBroker()
-        return _broker
-
-
-def get_hub() -> Hub:
-    """The hub of the running event loop."""
-    loop = asyncio.get_running_loop()
-    hub = _hubs.get(loop)
-    if hub is None:
-        hub = _hubs[loop] = Hub(get_broker())
-    return hub
-
-
-async def aclose() -> None:
-    """Stop this event loop's hub and close its Redis connections (tests, shutdown)."""
-    hub = _hubs.pop(asyncio.get_running_loop(), None)
-    if hub is not None:
-        await hub.aclose()
-    if _broker is not None:
-        await _broker.aclose()
-
-
-# Settings the broker reads once, when it is made; the others are read when used.
-BROKER_SETTINGS = {"SSE_KEY_PREFIX", "SSE_MAXLEN", "SSE_FEEDS", "SSE_REDIS_SOCKET_TIMEOUT", "SSE_REDIS_CONNECT_TIMEOUT"}
-
-
-def _reset(*, setting: str, **kwargs: Any) -> None:
-    """Tests change settings: start again with a broker made from the new ones."""
-    global _broker
-    if setting.startswith("REDIS_") or setting in BROKER_SETTINGS:
-        with _broker_lock:
-            if _broker is not None:
-                _broker.close()
-            _broker = None
-        _hubs.clear()
-
-
-setting_changed.connect(_reset)

@@ -57,7 +57,7 @@ async def default_policy(request: HttpRequest, stream: str) -> bool:
 
 
 async def authorize(request: HttpRequest, stream: str) -> bool:
-    policy = import_string(setting("SSE_AUTHORIZE", "sse.auth.default_policy"))
+    policy = import_string(setting("SSE_AUTHORIZE", "sse.security.auth.default_policy"))
     allowed = policy(request, stream)
     if inspect.isawaitable(allowed):
         allowed = await allowed

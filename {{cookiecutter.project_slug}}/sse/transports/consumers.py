@@ -25,8 +25,8 @@ from django.http.multipartparser import MultiPartParserError
 from django.middleware.security import SecurityMiddleware
 from django.utils.log import log_response
 
-from sse.backpressure import guard
-from sse.stream import close_frames, plain, stream_response
+from sse.transports.daphne import guard
+from sse.transports.endpoint import close_frames, plain, stream_response
 
 
 def no_response(request: HttpRequest) -> HttpResponse:
@@ -60,7 +60,7 @@ def refusal(request: HttpRequest, exc: Exception) -> HttpResponse | None:
 
 class SSEConsumer(AsyncHttpConsumer):
     # No channel-layer channel per connection: the hub reads the layer once per
-    # process (sse.layer). An alias with no layer makes AsyncConsumer skip its own.
+    # process (sse.backends.channel_layer). An alias with no layer makes AsyncConsumer skip its own.
     channel_layer_alias = None
     task: asyncio.Task[None] | None = None
 
@@ -94,7 +94,7 @@ class SSEConsumer(AsyncHttpConsumer):
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         try:
-            scope["sse.send"] = send  # Daphne's own, for sse.backpressure.direct_writer
+            scope["sse.send"] = send  # Daphne's own, for sse.transports.daphne.direct_writer
             await super().__call__(scope, receive, guard(send))
         finally:
             # On shutdown Daphne cancels the consumer, not its tasks.
