@@ -159,6 +159,9 @@ REDIS_SENTINEL_OPTIONS = {
     "username": _redis.username,
     "password": _redis.password,
 }
+# A broker class by dotted path (a subclass of sse.backends.Broker); unset, REDIS_URL or
+# REDIS_SENTINELS choose Redis, else memory (this process only).
+SSE_BROKER = env.str("SSE_BROKER", default=None)
 SSE_KEY_PREFIX = env.str(
     "SSE_KEY_PREFIX",
     default="{{ cookiecutter.project_slug }}:sse",
