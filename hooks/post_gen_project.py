@@ -14,7 +14,7 @@ SSE_MODE = {{ cookiecutter.sse_mode|tojson }}
 ROOT = Path.cwd()
 
 CHANNELS_FILES = ["sse/consumers.py", "sse/layer.py", "tests/test_consumer.py"]
-ASYNC_VIEW_FILES = ["sse/views.py", "tests/test_view.py"]
+ASYNC_VIEW_FILES = ["sse/inline.py", "sse/views.py", "tests/test_view.py"]
 
 
 def remove(paths: list[str]) -> None:

@@ -56,6 +56,14 @@ async def default_policy(request: HttpRequest, stream: str) -> bool:
     return is_public(stream)
 
 
+def may_have_used_database(request: HttpRequest) -> bool:
+    """Whether opening this stream may have queried the database: a session cookie, or a custom policy."""
+    session = getattr(request, "session", None)
+    if session is not None and session.accessed and session.session_key is not None:
+        return True
+    return setting("SSE_AUTHORIZE", "sse.auth.default_policy") != "sse.auth.default_policy"
+
+
 async def authorize(request: HttpRequest, stream: str) -> bool:
     policy = import_string(setting("SSE_AUTHORIZE", "sse.auth.default_policy"))
     allowed = policy(request, stream)
