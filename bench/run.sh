@@ -52,6 +52,7 @@ for mode in channels async_view; do
 done
 venv naive "$BENCH/naive/requirements.txt"
 venv eventstream "$BENCH/eventstream/requirements.txt"
+venv starlette "$BENCH/starlette/requirements.txt"
 
 ulimit -n "$(ulimit -Hn)"
 if [ "$part" != capacity ]; then
