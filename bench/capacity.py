@@ -43,6 +43,7 @@ ROOT = BENCH.parent
 SYSTEMS = ["ours-channels", "ours-async_view", "ceiling"]
 SLUG = "bench_project"
 STREAM = "capacity"
+BAKED: set[Path] = set()
 PER_WORKER = 16_000  # streams per load generator process: under the 20,000 descriptors each may hold
 
 
@@ -81,25 +82,30 @@ def bake(build: Path, mode: str, instances: int) -> Path:
     """The generated project as the guide deploys it: unix sockets, ``instances`` Daphnes."""
     out = build / f"capacity-{mode}-{instances}"
     project = out / SLUG
-    if not project.exists():
-        subprocess.run(
-            [
-                str(build / "venv-tools" / "bin" / "cookiecutter"),
-                "--no-input",
-                "-f",
-                "-o",
-                str(out),
-                str(ROOT),
-                f"sse_mode={mode}",
-                f"project_name=Capacity {mode}",
-                f"project_slug={SLUG}",
-                "daphne_socket=unix",
-                f"daphne_instances={instances}",
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        (project / ".env").unlink(missing_ok=True)  # production-like: settings from the environment
+    if project.exists() and out in BAKED:
+        return project
+    shutil.rmtree(out, ignore_errors=True)  # always this checkout's template, not an old bake
+    BAKED.add(out)
+    subprocess.run(
+        [
+            sys.executable,  # run.sh's tools venv, or the template tests' one: both have cookiecutter
+            "-m",
+            "cookiecutter",
+            "--no-input",
+            "-f",
+            "-o",
+            str(out),
+            str(ROOT),
+            f"sse_mode={mode}",
+            f"project_name=Capacity {mode}",
+            f"project_slug={SLUG}",
+            "daphne_socket=unix",
+            f"daphne_instances={instances}",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    (project / ".env").unlink(missing_ok=True)  # production-like: settings from the environment
     return project
 
 
@@ -634,7 +640,7 @@ def main() -> None:
     parser.add_argument("--per-source", type=int, default=30, help="streams per loopback source address")
     parser.add_argument("--rate", type=float, default=2500, help="new streams per second while opening")
     parser.add_argument("--inflight", type=int, default=1000, help="connects in flight per load generator")
-    parser.add_argument("--backlog", type=int, default=4096, help="nginx listen backlog (the kernel caps it)")
+    parser.add_argument("--backlog", type=int, default=65535, help="nginx listen backlog (the kernel caps it)")
     parser.add_argument("--hold", type=float, default=300, help="seconds to hold the streams idle")
     parser.add_argument("--ticks", type=int, default=60, help="seconds of 1 event/s")
     parser.add_argument("--missed", type=int, default=10, help="events published while every client is away")

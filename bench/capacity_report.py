@@ -140,11 +140,15 @@ def table(data: dict) -> str:
     return "\n".join([head, sep, *body])
 
 
-def plot(data: dict, out: Path) -> None:
-    import matplotlib
+def plot(data: dict, out: Path) -> bool:
+    """capacity.png; False when matplotlib is not installed (run.sh installs it)."""
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for result in data["results"]:
@@ -181,6 +185,7 @@ def plot(data: dict, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "capacity.png", dpi=110)
     plt.close(fig)
+    return True
 
 
 def write(data: dict, out: Path) -> None:
@@ -201,11 +206,10 @@ def write(data: dict, out: Path) -> None:
         "",
         table(data),
         "",
-        "![capacity](capacity.png)",
-        "",
     ]
+    if plot(data, out):
+        lines += ["![capacity](capacity.png)", ""]
     (out / "capacity.md").write_text("\n".join(lines))
-    plot(data, out)
 
 
 if __name__ == "__main__":

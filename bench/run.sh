@@ -60,6 +60,10 @@ if [ "$part" != capacity ]; then
     taskset -c 1 "$BUILD/venv-tools/bin/python" "$BENCH/bench.py" --build "$BUILD" "$@"
 fi
 if [ "$part" != per-process ]; then
+    # The deploy guide's kernel settings (section 5): every listen backlog is capped by somaxconn.
+    if [ "$(id -u)" -eq 0 ] && [ "$(cat /proc/sys/net/core/somaxconn)" -lt 65535 ]; then
+        sysctl -qw net.core.somaxconn=65535 net.ipv4.tcp_max_syn_backlog=65535 || true
+    fi
     echo "== capacity (100,000 streams through nginx, the whole machine)"
     "$BUILD/venv-tools/bin/python" "$BENCH/capacity.py" --build "$BUILD" "$@"
 fi

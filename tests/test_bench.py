@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import math
 import random
@@ -176,3 +177,42 @@ def test_bench_smoke(project, tmp_path) -> None:
     # Only fan-out ran: the p99 ratio is there, the idle and saturation ones are n/a.
     assert "## Ours ÷ sse-starlette" in table
     assert re.search(r"\| ours, channels mode \| n/a \| [0-9.]+× \| n/a \|", table), table
+
+
+@pytest.mark.parametrize("project", MODES, indirect=True)
+def test_capacity_smoke(project, tmp_path) -> None:
+    """The capacity scenario, small: 2,000 streams through the generated nginx site, two unit-started Daphnes."""
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / f"venv-ours-{project.mode}").symlink_to(project.venv)
+    out = tmp_path / "results"
+    cmd = [sys.executable, str(ROOT / "bench" / "capacity.py"), "--build", str(build), "--out", str(out)]
+    cmd += ["--systems", f"ours-{project.mode}", "--streams", "2000", "--instances", "2", "--nginx-workers", "2"]
+    cmd += ["--rate", "1000", "--hold", "4", "--ticks", "3", "--missed", "5", "--wait", "30"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    data = json.loads((out / "capacity.json").read_text())
+    [result] = data["results"]
+    assert "error" not in result, run.stdout
+    streams = 2001  # and the one opened first, so that startup is not measured
+    assert result["open"]["opened"] == streams and result["open"]["errors"] == {}, result["open"]
+    assert result["held"]["open_now"] == streams and result["held"]["dropped"] == 0
+    for phase, events in (("broadcast", 1), ("ticks", 3), ("storm", 5)):
+        seen = result[phase]
+        assert seen["expected"] == seen["delivered"] == streams * events, (phase, seen)
+        assert seen["duplicated"] == seen["out_of_order"] == seen["stray"] == 0, (phase, seen)
+        assert seen["ms_to"]["100%"] is not None
+    assert result["storm"]["open"]["errors"] == {} and result["storm_dropped"]["without_id"] == 0
+    assert result["nginx_errors"] == {} and result["server_problems"] == []
+    assert result["rss_per_stream_kb"]["daphne"] > 0 and result["idle_cpu"]["core_busy_pct"]
+    # 30 streams per loopback address: the site's limit_conn (32) stayed in force and was not hit.
+    assert (
+        "limit_conn"
+        in (build / f"capacity-{project.mode}-2" / "bench_project" / "deploy" / "nginx")
+        .joinpath("bench_project.conf")
+        .read_text()
+    )
+    table = (out / "capacity.md").read_text()
+    assert "| streams held after the hold | 2,001 |" in table, table
+    if importlib.util.find_spec("matplotlib"):
+        assert (out / "capacity.png").stat().st_size > 10_000
