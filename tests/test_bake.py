@@ -61,7 +61,7 @@ def test_bakes_a_clean_project(cookies, context):
 
 MODE_FILES = {
     "channels": ["sse/transports/consumers.py", "sse/backends/channel_layer.py", "tests/test_consumer.py"],
-    "async_view": ["sse/transports/views.py", "tests/test_view.py"],
+    "async_view": ["sse/transports/inline.py", "sse/transports/views.py", "tests/test_view.py"],
 }
 
 

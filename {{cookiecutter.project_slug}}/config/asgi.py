@@ -40,11 +40,17 @@ import django
 from django.core.handlers.asgi import ASGIHandler
 
 from sse.transports.daphne import guard
+from sse.transports.inline import StreamHandler
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 
 class Handler(ASGIHandler):
+    def __init__(self) -> None:
+        super().__init__()
+        # The same middleware for streams, minus a thread hop per hook (sse/transports/inline.py).
+        self.streams = StreamHandler()
+
     async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
         if scope["type"] != "http" or not scope["path"].startswith("/sse/"):
             await super().__call__(scope, receive, send)
@@ -68,7 +74,7 @@ class Handler(ASGIHandler):
             return message.result() if message.done() and not message.cancelled() else {"type": "http.disconnect"}
 
         scope["sse.send"] = send  # Daphne's own, for sse.transports.daphne.direct_writer
-        handler = asyncio.ensure_future(self.handle(scope, receive_or_stop, guard(send)))
+        handler = asyncio.ensure_future(self.streams.handle(scope, receive_or_stop, guard(send)))
         try:
             await asyncio.shield(handler)
         except asyncio.CancelledError:
