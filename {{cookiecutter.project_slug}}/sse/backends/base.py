@@ -7,7 +7,9 @@ transport or the metrics: those build on this module, not the other way round.
 """
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine
+import functools
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable
 from typing import Any, Protocol
 
 from sse.conf import setting
@@ -125,8 +127,10 @@ class Broker:
         # fit the budget, at most twice the last count.
         budget = min(262_144, setting("SSE_MAX_BUFFER", 1_048_576) or 262_144)
         cursor, count, largest = after, 1, 1
+        shared = self.__dict__.setdefault("_shared_reads", SharedReads())
         while True:
-            entries = await self.areplay(stream, cursor, count)
+            read = functools.partial(self.areplay, stream, cursor, count)
+            entries = await shared.read((stream, cursor, count), read)
             if entries is None:
                 yield None
                 return
@@ -155,3 +159,80 @@ class Broker:
 
     async def aclose(self) -> None:
         """Close the connections of the running event loop."""
+
+
+class SharedReads:
+    """Identical reads wanted at once share one round trip: the replay of a reconnect storm.
+
+    A read that finds the same read running does not join it: that one may have
+    started before the caller subscribed, and an event published in between would
+    be in neither. It waits for the next one, which starts when the running one
+    ends, after every caller that queued for it had asked. So 10,000 clients that
+    come back with the same Last-Event-ID cost at most two round trips per page,
+    not 10,000, and each still sees everything published before it asked. Callers
+    share the result: entries are read, never changed.
+    """
+
+    def __init__(self) -> None:
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Hashable, _Batch]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def read(self, key: Hashable, read: Callable[[], Awaitable[Any]]) -> Any:
+        batches = self._loops.setdefault(asyncio.get_running_loop(), {})
+        batch = batches.get(key)
+        if batch is None:
+            batch = batches[key] = _Batch(batches, key)
+        # A caller that goes away (its client left) must not cancel what others wait for.
+        return await asyncio.shield(batch.join(read))
+
+
+class _Batch:
+    """One key's read in flight, and the future of the next one."""
+
+    __slots__ = ("batches", "key", "next", "next_read", "running")
+
+    def __init__(self, batches: dict[Hashable, "_Batch"], key: Hashable) -> None:
+        self.batches, self.key = batches, key
+        self.running: asyncio.Future[Any] | None = None
+        self.next: asyncio.Future[Any] | None = None
+        self.next_read: Callable[[], Awaitable[Any]] | None = None
+
+    def join(self, read: Callable[[], Awaitable[Any]]) -> asyncio.Future[Any]:
+        if self.running is None:
+            self.running = self._start(read)
+            return self.running
+        if self.next is None:
+            self.next = asyncio.get_running_loop().create_future()
+            # Retrieved even if every caller has gone: no "never retrieved" log.
+            self.next.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self.next_read = read
+        return self.next
+
+    def _start(self, read: Callable[[], Awaitable[Any]]) -> asyncio.Future[Any]:
+        task = asyncio.ensure_future(read())
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Future[Any]) -> None:
+        if not task.cancelled():
+            task.exception()  # each caller gets it from its own await; retrieved here too
+        waiting, read = self.next, self.next_read
+        self.next = self.next_read = None
+        if waiting is None or read is None:
+            self.running = None
+            self.batches.pop(self.key, None)
+            return
+        self.running = self._start(read)
+        self.running.add_done_callback(functools.partial(_settle, waiting))
+
+
+def _settle(target: asyncio.Future[Any], source: asyncio.Future[Any]) -> None:
+    if target.done():
+        return
+    if source.cancelled():
+        target.cancel()
+    elif (exc := source.exception()) is not None:
+        target.set_exception(exc)
+    else:
+        target.set_result(source.result())
