@@ -32,7 +32,7 @@ import loadgen
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 SECRET = "bench-" + "s" * 58
-SYSTEMS = ["ours-channels", "ours-async_view", "naive", "eventstream", "ceiling"]
+SYSTEMS = ["ours-channels", "ours-async_view", "naive", "eventstream", "starlette", "ceiling"]
 SCENARIOS = ["idle", "fanout", "saturation", "reconnect"]
 REPLAY = {"ours-channels", "ours-async_view", "eventstream"}
 LABELS = {
@@ -40,10 +40,15 @@ LABELS = {
     "ours-async_view": "ours (async_view)",
     "naive": "naive Channels tutorial",
     "eventstream": "django-eventstream",
+    "starlette": "sse-starlette (uvicorn)",
     "ceiling": "bare asyncio (ceiling)",
 }
 # Daphne flags when the generated unit cannot be read: those of deploy/systemd.
 DEFAULT_DAPHNE_FLAGS = ["--proxy-headers", "--application-close-timeout", "5"]
+# uvicorn as its docs deploy it: uvloop and httptools, one worker, no access log (Daphne keeps
+# none by default either), the same listen backlog as Daphne gets, a bounded shutdown.
+UVICORN_FLAGS = ["--loop", "uvloop", "--http", "httptools", "--workers", "1", "--backlog", "4096"]
+UVICORN_FLAGS += ["--no-access-log", "--timeout-graceful-shutdown", "5"]
 
 
 @dataclass
@@ -182,6 +187,9 @@ class System:
         elif name == "eventstream":
             self.kind, self.cwd, self.venv = "eventstream", BENCH / "eventstream", build / "venv-eventstream"
             self.settings, self.app = "es_project.settings", "es_project.asgi:application"
+        elif name == "starlette":
+            self.kind, self.cwd, self.venv = "starlette", BENCH / "starlette", build / "venv-starlette"
+            self.settings, self.app = "", "app:app"
         elif name == "ceiling":
             self.kind, self.cwd, self.venv = "ceiling", BENCH, Path(sys.prefix)
             self.settings, self.app = "", ""
@@ -235,6 +243,9 @@ class System:
     def command(self) -> list[str]:
         if self.kind == "ceiling":
             return [self.python, str(BENCH / "ceiling.py"), str(self.port), self.redis.url]
+        if self.kind == "starlette":
+            where = ["--host", "127.0.0.1", "--port", str(self.port)]
+            return [str(self.venv / "bin" / "uvicorn"), *where, *UVICORN_FLAGS, self.app]
         endpoint = f"tcp:port={self.port}:interface=127.0.0.1:backlog=4096"
         return [str(self.venv / "bin" / "daphne"), "-e", endpoint, *self.daphne_flags(), self.app]
 
@@ -510,6 +521,7 @@ async def run_one(system: System, scenario: str, cfg: Config, label: str) -> dic
 
 def versions(python: str) -> dict[str, str]:
     wanted = {"django", "daphne", "channels", "channels-redis", "redis", "django-eventstream", "twisted", "uvloop"}
+    wanted |= {"sse-starlette", "starlette", "uvicorn", "httptools"}
     try:
         out = subprocess.run(
             [python, "-m", "pip", "list", "--format=json", "--disable-pip-version-check"],

@@ -2,14 +2,17 @@
 
 One Redis pub/sub subscription (pattern ``ceiling:*``) for the whole process; each message
 is encoded once into frame bytes and written to every open response of its stream. No
-framework, no replay, no backpressure: a reference for what one Python core can push.
+framework, no replay, no backpressure: a reference for what one Python core can push. A
+heartbeat comment goes to every stream as often as the project's default (15 s), so an idle
+ceiling costs what an idle server must.
 
-    python ceiling.py PORT REDIS_URL
+    python ceiling.py PORT|unix:PATH REDIS_URL
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 import redis.asyncio as redis
@@ -18,6 +21,8 @@ HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
     b"Connection: close\r\n\r\nretry: 3000\n\n"
 )
+PING = b": ping\n\n"
+HEARTBEAT = float(os.environ.get("SSE_HEARTBEAT", "15"))
 streams: dict[str, set[asyncio.Transport]] = {}
 
 
@@ -65,12 +70,25 @@ async def fan_out(url: str) -> None:
             transport.write(frame)
 
 
+async def heartbeat() -> None:
+    while True:
+        await asyncio.sleep(HEARTBEAT)
+        for transports in streams.values():
+            for transport in transports:
+                transport.write(PING)
+
+
 async def main() -> None:
-    port, url = int(sys.argv[1]), sys.argv[2]
+    where, url = sys.argv[1], sys.argv[2]
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(SSE, "127.0.0.1", port, backlog=4096)
+    if where.startswith("unix:"):
+        server = await loop.create_unix_server(SSE, where.removeprefix("unix:"), backlog=4096)
+    else:
+        server = await loop.create_server(SSE, "127.0.0.1", int(where), backlog=4096)
     async with server:
+        beats = asyncio.create_task(heartbeat())
         await fan_out(url)
+        beats.cancel()
 
 
 if __name__ == "__main__":

@@ -348,11 +348,16 @@ class LoadGen:
         self.errors: collections.Counter[str] = collections.Counter()  # failed connects, by cause
         self.join_phase: Phase | None = None  # new clients join this phase (a reconnect storm)
 
-    async def _open(self, path: str, last_event_id: str | None, timeout: float) -> tuple[Client | None, float]:
+    async def _open(
+        self, path: str, last_event_id: str | None, timeout: float, source: str | None = None
+    ) -> tuple[Client | None, float]:
         started = time.perf_counter()
         client = Client(self, path, last_event_id)
+        # A source address of its own (any 127.x.y.z) lifts the ~28,000 ephemeral ports per source.
+        local = (source, 0) if source else None
         try:
-            await asyncio.wait_for(self.loop.create_connection(lambda: client, self.host, self.port), timeout)
+            connecting = self.loop.create_connection(lambda: client, self.host, self.port, local_addr=local)
+            await asyncio.wait_for(connecting, timeout)
             status = await asyncio.wait_for(asyncio.shield(client.ready), timeout)
         except (OSError, TimeoutError) as exc:
             self.errors[type(exc).__name__] += 1

@@ -6,7 +6,7 @@ Run by the system's virtualenv (cwd: the system's project), driven by lines on s
 Each event's data is JSON {"p": TAG, "s": seq, "t": time.time()} and each is its own publish
 call (several calls per tick when the rate asks for it).
 
-    python publisher.py ours|naive|eventstream|ceiling STREAM [REDIS_URL]
+    python publisher.py ours|naive|eventstream|starlette|ceiling STREAM [REDIS_URL]
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from collections.abc import Awaitable, Callable
 
 
 def make_emitter(kind: str, stream: str) -> Callable[[list[dict]], Awaitable[None]]:
-    if kind == "ceiling":
+    if kind in ("ceiling", "starlette"):  # both follow a Redis pub/sub pattern, <kind>:*
         import redis
 
         client = redis.Redis.from_url(os.environ["REDIS_URL"])
-        channel = f"ceiling:{stream}"
+        channel = f"{kind}:{stream}"
 
         async def emit(batch: list[dict]) -> None:
             pipe = client.pipeline(transaction=False)

@@ -12,12 +12,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-ORDER = ["ours-channels", "ours-async_view", "naive", "eventstream", "ceiling"]
+ORDER = ["ours-channels", "ours-async_view", "naive", "eventstream", "starlette", "ceiling"]
 LABELS = {
     "ours-channels": "ours, channels mode",
     "ours-async_view": "ours, async_view mode",
     "naive": "naive Channels tutorial",
     "eventstream": "django-eventstream",
+    "starlette": "sse-starlette (uvicorn)",
     "ceiling": "bare asyncio (ceiling)",
 }
 COLORS = {
@@ -25,6 +26,7 @@ COLORS = {
     "ours-async_view": "tab:cyan",
     "naive": "tab:red",
     "eventstream": "tab:orange",
+    "starlette": "tab:green",
     "ceiling": "tab:gray",
 }
 
@@ -143,9 +145,9 @@ def saturation_table(data: dict, systems: list[str]) -> list[str]:
     lines = [
         (
             "| system | max good deliveries/s | last good rate (ev/s) | peak measured deliveries/s "
-            "| × naive | × django-eventstream | × ceiling |"
+            "| × naive | × django-eventstream | × sse-starlette | × ceiling |"
         ),
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for system in systems:
         rows = results(data, "saturation", system)
@@ -156,7 +158,7 @@ def saturation_table(data: dict, systems: list[str]) -> list[str]:
             f"| {cell(values(rows, lambda r: r['max_good_rate']), 1)} "
             f"| {cell(values(rows, lambda r: r['peak_measured_deliveries_per_s']))} "
             f"| {ratio(mine, best.get('naive'))} | {ratio(mine, best.get('eventstream'))} "
-            f"| {ratio(mine, best.get('ceiling'))} |"
+            f"| {ratio(mine, best.get('starlette'))} | {ratio(mine, best.get('ceiling'))} |"
         )
     return lines
 
@@ -224,6 +226,59 @@ def ratio_table(data: dict, systems: list[str]) -> list[str]:
         for metric in (sat, rss, p99):
             cells += [ratio(metric[s], metric.get(ref)) for ref in ("naive", "eventstream", "ceiling")]
         lines.append(f"| {LABELS.get(s, s)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def run_ratio(a: float | None, b: float | None) -> float | None:
+    """a ÷ b for one run; a lost event (∞ latency) on one side only still says who won."""
+    if a is None or b is None or (math.isinf(a) and math.isinf(b)):
+        return None
+    if math.isinf(b) or math.isinf(a):
+        return 0.0 if math.isinf(b) else math.inf
+    return a / b if b else None
+
+
+def times(vals: list[float]) -> str:
+    """Ratios as a cell: the median, then (min–max) when the runs differ."""
+    if not vals:
+        return "n/a"
+    mid, low, high = statistics.median(vals), min(vals), max(vals)
+    text = f"{num(mid, 2)}×"
+    return text if len(vals) == 1 or low == high else f"{text} ({num(low, 2)}–{num(high, 2)}×)"
+
+
+def peer_table(data: dict, systems: list[str], peer: str = "starlette") -> list[str]:
+    """Ours ÷ the peer users would pick instead, each ratio taken within one run, then the median of the runs."""
+    ours = [s for s in ("ours-channels", "ours-async_view") if s in systems]
+    if peer not in systems or not ours:
+        return []
+    top = max(data["config"]["idle_levels"])
+    metrics: list[tuple[str, Callable[[dict], float | None]]] = [
+        ("idle", lambda r: level_of(r, top)["rss_per_stream_kb"]),
+        ("fanout", lambda r: r["latency_ms"]["p99"]),
+        ("saturation", lambda r: r["max_good_deliveries_per_s"]),
+    ]
+
+    def by_run(scenario: str, system: str, get: Callable[[dict], float | None]) -> dict[int, float]:
+        return {r["run"]: v for r in results(data, scenario, system) for v in values([r], get)}
+
+    lines = [
+        (
+            "Each ratio is taken within one run (both measured minutes apart, under the same machine load), then "
+            "the median of the runs (min–max). RSS and p99: below 1× means ours is better; deliveries/s: above 1×. "
+            "A p99 ratio of ∞ or 0: only one side lost events."
+        ),
+        "",
+        f"| ours ÷ {LABELS.get(peer, peer)} | RSS per idle stream at {top:,} | fan-out p99 | max good deliveries/s |",
+        "|---|---|---|---|",
+    ]
+    for system in ours:
+        cells = []
+        for scenario, get in metrics:
+            mine, theirs = by_run(scenario, system, get), by_run(scenario, peer, get)
+            got = [run_ratio(mine[run], theirs[run]) for run in sorted(mine.keys() & theirs.keys())]
+            cells.append(times([v for v in got if v is not None]))
+        lines.append(f"| {LABELS.get(system, system)} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -359,6 +414,8 @@ def markdown(data: dict) -> str:
             "",
         ]
     parts += ["## Ratios", "", *ratio_table(data, systems), ""]
+    if peer_table(data, systems):
+        parts += ["## Ours ÷ sse-starlette", "", *peer_table(data, systems), ""]
     return "\n".join(parts)
 
 
@@ -384,7 +441,7 @@ def plots(data: dict, out: Path) -> list[str]:
         ax.set_yscale("log")
         ax.set_xlabel("offered deliveries/s (clients × events/s)")
         ax.set_ylabel("p99 latency (ms; lost events count as ∞, drawn at 20 s)")
-        ax.set_title("Saturation: p99 vs offered load, one Daphne/asyncio process on one core")
+        ax.set_title("Saturation: p99 vs offered load, one server process on one core")
         ax.legend()
         ax.grid(True, which="both", alpha=0.3)
         fig.tight_layout()
@@ -402,6 +459,7 @@ def plots(data: dict, out: Path) -> list[str]:
         short = {
             "naive": "naive\ntutorial",
             "eventstream": "django-\neventstream",
+            "starlette": "sse-starlette\n(uvicorn)",
             "ceiling": "bare asyncio\n(ceiling)",
         }
         names = [short.get(s, s.replace("-", "\n", 1)) for s in systems]

@@ -1,21 +1,31 @@
 #!/usr/bin/env bash
 # The benchmark, in one command (see bench/README.md):
-#   bash bench/run.sh [--quick] [--runs 3] [--systems ours-channels,naive,...] [--scenarios idle,fanout,...]
-# Installs what is missing (redis-server with apt-get; virtualenvs under bench/build/), bakes both
-# modes of the template this script lives in, then runs bench.py pinned to CPU 1 (the servers it
-# starts are pinned to CPU 0). Results go to bench/results/.
+#   bash bench/run.sh [--quick] [--runs 3]           both parts: per process, then capacity
+#   bash bench/run.sh per-process [bench.py options]  e.g. --systems ours-channels,naive --scenarios idle
+#   bash bench/run.sh capacity [capacity.py options]  100,000 streams through nginx, e.g. --streams 20000
+# Installs what is missing (redis-server and nginx with apt-get; virtualenvs under bench/build/),
+# bakes both modes of the template this script lives in, then runs bench.py pinned to CPU 1 (the
+# servers it starts are pinned to CPU 0) and/or capacity.py (nothing pinned: the whole machine).
+# Results go to bench/results/.
 set -euo pipefail
+part=both
+case "${1:-}" in
+    per-process|capacity) part="$1"; shift ;;
+esac
 BENCH="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(dirname "$BENCH")"  # the template repository is the one this bench lives in
 BUILD="$BENCH/build"
 mkdir -p "$BUILD"
 
-if ! command -v redis-server >/dev/null; then
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+[ "$part" = per-process ] || command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+if [ "${#missing[@]}" -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    echo "Installing redis-server"
+    echo "Installing ${missing[*]}"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 command -v taskset >/dev/null || { echo "taskset (util-linux) is required" >&2; exit 1; }
 
@@ -42,7 +52,18 @@ for mode in channels async_view; do
 done
 venv naive "$BENCH/naive/requirements.txt"
 venv eventstream "$BENCH/eventstream/requirements.txt"
+venv starlette "$BENCH/starlette/requirements.txt"
 
 ulimit -n "$(ulimit -Hn)"
-echo "== running (load generator on CPU 1, servers on CPU 0)"
-exec taskset -c 1 "$BUILD/venv-tools/bin/python" "$BENCH/bench.py" --build "$BUILD" "$@"
+if [ "$part" != capacity ]; then
+    echo "== per process (load generator on CPU 1, servers on CPU 0)"
+    taskset -c 1 "$BUILD/venv-tools/bin/python" "$BENCH/bench.py" --build "$BUILD" "$@"
+fi
+if [ "$part" != per-process ]; then
+    # The deploy guide's kernel settings (section 5): every listen backlog is capped by somaxconn.
+    if [ "$(id -u)" -eq 0 ] && [ "$(cat /proc/sys/net/core/somaxconn)" -lt 65535 ]; then
+        sysctl -qw net.core.somaxconn=65535 net.ipv4.tcp_max_syn_backlog=65535 || true
+    fi
+    echo "== capacity (100,000 streams through nginx, the whole machine)"
+    "$BUILD/venv-tools/bin/python" "$BENCH/capacity.py" --build "$BUILD" "$@"
+fi

@@ -13,8 +13,8 @@ SSE_MODE = {{ cookiecutter.sse_mode|tojson }}
 
 ROOT = Path.cwd()
 
-CHANNELS_FILES = ["sse/consumers.py", "sse/layer.py", "tests/test_consumer.py"]
-ASYNC_VIEW_FILES = ["sse/views.py", "tests/test_view.py"]
+CHANNELS_FILES = ["sse/transports/consumers.py", "sse/backends/channel_layer.py", "tests/test_consumer.py"]
+ASYNC_VIEW_FILES = ["sse/transports/inline.py", "sse/transports/views.py", "tests/test_view.py"]
 
 
 def remove(paths: list[str]) -> None:

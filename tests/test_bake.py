@@ -60,8 +60,8 @@ def test_bakes_a_clean_project(cookies, context):
 
 
 MODE_FILES = {
-    "channels": ["sse/consumers.py", "sse/layer.py", "tests/test_consumer.py"],
-    "async_view": ["sse/views.py", "tests/test_view.py"],
+    "channels": ["sse/transports/consumers.py", "sse/backends/channel_layer.py", "tests/test_consumer.py"],
+    "async_view": ["sse/transports/inline.py", "sse/transports/views.py", "tests/test_view.py"],
 }
 
 
@@ -84,9 +84,12 @@ def test_each_mode_keeps_only_its_files_and_dependencies(cookies, mode):
         assert "CHANNEL_LAYERS" not in (path / "config/settings.py").read_text()
     shared = [
         "sse/encoding.py",
-        "sse/broker.py",
+        "sse/backends/base.py",
+        "sse/backends/memory.py",
+        "sse/backends/redis.py",
         "sse/hub.py",
-        "sse/stream.py",
+        "sse/transports/endpoint.py",
+        "tests/test_layout.py",
         "sse/management/commands/send_event.py",
     ]
     for name in shared:
@@ -98,7 +101,7 @@ def test_no_input_gives_the_documented_defaults(cookies):
     assert result.exit_code == 0
     assert result.context["project_slug"] == "sse_project"
     assert result.context["sse_mode"] == "channels"
-    assert (Path(result.project_path) / "sse/consumers.py").is_file()
+    assert (Path(result.project_path) / "sse/transports/consumers.py").is_file()
 
 
 def test_prompts_have_help_texts():
@@ -253,7 +256,7 @@ def test_post_gen_hook_is_idempotent(tmp_path):
     assert Path(again) == path
     assert (path / ".env").read_text() == env, "the secret must survive a re-run"
     assert (path / "notes.txt").read_text() == "mine"
-    assert not (path / "sse/consumers.py").exists()
+    assert not (path / "sse/transports/consumers.py").exists()
 
 
 def test_hooks_use_only_the_standard_library_and_tojson():

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
+import math
 import random
+import re
 import subprocess
 import sys
 import time
 
 import pytest
 
-from tests.conftest import MODES, ROOT
+from tests.conftest import MODES, ROOT, uv
 from tests.sse_client import SSEParser as ReferenceParser
 
 sys.path.insert(0, str(ROOT / "bench"))
 loadgen = importlib.import_module("loadgen")  # bench/ is not a package: it runs as scripts
+report = importlib.import_module("report")
 
 
 def parse(*chunks: bytes) -> tuple[list[tuple[str, str, str]], loadgen.SSEParser]:
@@ -119,25 +123,96 @@ def test_parser_keeps_up_with_a_fast_server() -> None:
     assert rate > 100_000, f"{rate:.0f} events/s"
 
 
+def test_ours_over_sse_starlette_is_taken_within_each_run() -> None:
+    """Two runs on a machine whose load changed between them: each ratio pairs figures of one run."""
+    data: dict = {"config": {"idle_levels": [500, 2000]}, "results": []}
+    figures = {  # run: (ours, sse-starlette) for RSS/stream, fan-out p99, max good deliveries/s
+        1: ((10, 20), (50, 25), (9000, 3000)),
+        2: ((30, 40), (40, math.inf), (12000, 12000)),
+    }
+    for run, (rss, p99, sat) in figures.items():
+        for side, system in enumerate(("ours-channels", "starlette")):
+            level = {"level": 2000, "rss_per_stream_kb": rss[side]}
+            data["results"] += [
+                {"run": run, "system": system, "scenario": "idle", "levels": [level]},
+                {"run": run, "system": system, "scenario": "fanout", "latency_ms": {"p99": p99[side]}},
+                {"run": run, "system": system, "scenario": "saturation", "max_good_deliveries_per_s": sat[side]},
+            ]
+    lines = report.peer_table(data, ["ours-channels", "starlette"])
+    # RSS: 0.5 and 0.75; p99: 2.0, then 0 (only sse-starlette lost events); deliveries/s: 3.0 and 1.0.
+    assert lines[-1] == "| ours, channels mode | 0.62× (0.50–0.75×) | 1.00× (0.00–2.00×) | 2.00× (1.00–3.00×) |"
+    assert report.peer_table(data, ["ours-channels"]) == []
+
+
 @pytest.mark.parametrize("project", [MODES[0]], indirect=True)
 def test_bench_smoke(project, tmp_path) -> None:
-    """200 clients, 40 events at 20/s through the bench's own driver: no loss, a table."""
+    """200 clients, 40 events at 20/s through the bench's own driver, ours and sse-starlette: no loss, tables."""
     build = tmp_path / "build"
     (build / f"bake-{project.mode}").mkdir(parents=True)
     (build / f"bake-{project.mode}" / "bench_project").symlink_to(project.path)
     (build / f"venv-ours-{project.mode}").symlink_to(project.venv)
+    # The peer's own pinned requirements, as run.sh installs them (uv: a few seconds from its cache).
+    venv = build / "venv-starlette"
+    uv("venv", "-q", "--seed", "--python", "python3", str(venv), cwd=tmp_path)  # --seed: bench.py asks pip for versions
+    requirements = ROOT / "bench" / "starlette" / "requirements.txt"
+    uv("pip", "install", "-q", "--python", str(venv / "bin" / "python"), "-r", str(requirements), cwd=tmp_path)
     out = tmp_path / "results"
     cmd = [sys.executable, str(ROOT / "bench" / "bench.py"), "--build", str(build), "--out", str(out)]
-    cmd += ["--systems", f"ours-{project.mode}", "--scenarios", "fanout", "--runs", "1"]
+    cmd += ["--systems", f"ours-{project.mode},starlette", "--scenarios", "fanout", "--runs", "1"]
     cmd += ["--clients", "200", "--events", "40"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
     data = json.loads((out / "results.json").read_text())
-    (result,) = data["results"]
-    assert "error" not in result, result
-    assert (result["expected"], result["delivered"]) == (8000, 8000), result
-    assert result["lost"] == result["duplicated"] == result["out_of_order"] == result["stray"] == 0
-    assert result["server_problems"] == [], result
+    assert [r["system"] for r in data["results"]] == [f"ours-{project.mode}", "starlette"]
+    for result in data["results"]:
+        assert "error" not in result, result
+        assert (result["expected"], result["delivered"]) == (8000, 8000), result
+        assert result["lost"] == result["duplicated"] == result["out_of_order"] == result["stray"] == 0
+        assert result["server_problems"] == [], result
+    assert data["machine"]["packages"]["starlette"]["sse-starlette"] == "3.7.0"
     table = (out / "results.md").read_text()
     assert "## 2. Fan-out" in table
     assert "| ours, channels mode | 8,000 / 8,000 | 0 | 0 | 0 |" in table
+    assert "| sse-starlette (uvicorn) | 8,000 / 8,000 | 0 | 0 | 0 |" in table
+    # Only fan-out ran: the p99 ratio is there, the idle and saturation ones are n/a.
+    assert "## Ours ÷ sse-starlette" in table
+    assert re.search(r"\| ours, channels mode \| n/a \| [0-9.]+× \| n/a \|", table), table
+
+
+@pytest.mark.parametrize("project", MODES, indirect=True)
+def test_capacity_smoke(project, tmp_path) -> None:
+    """The capacity scenario, small: 2,000 streams through the generated nginx site, two unit-started Daphnes."""
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / f"venv-ours-{project.mode}").symlink_to(project.venv)
+    out = tmp_path / "results"
+    cmd = [sys.executable, str(ROOT / "bench" / "capacity.py"), "--build", str(build), "--out", str(out)]
+    cmd += ["--systems", f"ours-{project.mode}", "--streams", "2000", "--instances", "2", "--nginx-workers", "2"]
+    cmd += ["--rate", "1000", "--hold", "4", "--ticks", "3", "--missed", "5", "--wait", "30"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    data = json.loads((out / "capacity.json").read_text())
+    [result] = data["results"]
+    assert "error" not in result, run.stdout
+    streams = 2001  # and the one opened first, so that startup is not measured
+    assert result["open"]["opened"] == streams and result["open"]["errors"] == {}, result["open"]
+    assert result["held"]["open_now"] == streams and result["held"]["dropped"] == 0
+    for phase, events in (("broadcast", 1), ("ticks", 3), ("storm", 5)):
+        seen = result[phase]
+        assert seen["expected"] == seen["delivered"] == streams * events, (phase, seen)
+        assert seen["duplicated"] == seen["out_of_order"] == seen["stray"] == 0, (phase, seen)
+        assert seen["ms_to"]["100%"] is not None
+    assert result["storm"]["open"]["errors"] == {} and result["storm_dropped"]["without_id"] == 0
+    assert result["nginx_errors"] == {} and result["server_problems"] == []
+    assert result["rss_per_stream_kb"]["daphne"] > 0 and result["idle_cpu"]["core_busy_pct"]
+    # 30 streams per loopback address: the site's limit_conn (32) stayed in force and was not hit.
+    assert (
+        "limit_conn"
+        in (build / f"capacity-{project.mode}-2" / "bench_project" / "deploy" / "nginx")
+        .joinpath("bench_project.conf")
+        .read_text()
+    )
+    table = (out / "capacity.md").read_text()
+    assert "| streams held after the hold | 2,001 |" in table, table
+    if importlib.util.find_spec("matplotlib"):
+        assert (out / "capacity.png").stat().st_size > 10_000

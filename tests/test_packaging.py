@@ -66,7 +66,7 @@ def test_the_requirements_files_are_the_locks_export(baked: Path):
         # pip users get the same matrix as uv users: 5.2 LTS on 3.11, 6.1 on 3.12+.
         assert re.search(r"^django==5\.2\.\d+ ; python_full_version < '3\.12'", body, re.M), name
         assert re.search(r"^django==6\.1\.\d+ ; python_full_version >= '3\.12'", body, re.M), name
-        assert ("channels==" in body) == (baked / "sse" / "consumers.py").exists(), "only the mode's dependencies"
+        assert ("channels==" in body) == (baked / "sse" / "transports" / "consumers.py").exists(), "only the mode's dependencies"
     assert "psycopg==" in shipped["requirements.txt"] and "pytest==" not in shipped["requirements.txt"]
     assert "pytest==" in shipped["requirements-dev.txt"]
 

@@ -72,7 +72,7 @@ from asgiref.sync import async_to_sync
 from django.contrib.auth.models import User
 from django.db import connection, transaction
 from sse import publish_on_commit
-from sse.broker import get_broker
+from sse.backends import get_broker
 
 stream, tag = sys.argv[1], sys.argv[2]
 assert connection.vendor == "postgresql", connection.vendor

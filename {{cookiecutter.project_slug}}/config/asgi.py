@@ -8,14 +8,14 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_application = get_asgi_application()  # sets Django up before the imports below
 
-from sse import checks, startup  # noqa: E402
+from sse.ops import checks, startup  # noqa: E402
 
 checks.fail_fast()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import path, re_path  # noqa: E402
 
-from sse.consumers import SSEConsumer  # noqa: E402
+from sse.transports.consumers import SSEConsumer  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
@@ -39,12 +39,18 @@ import os
 import django
 from django.core.handlers.asgi import ASGIHandler
 
-from sse.backpressure import guard
+from sse.transports.daphne import guard
+from sse.transports.inline import StreamHandler
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 
 class Handler(ASGIHandler):
+    def __init__(self) -> None:
+        super().__init__()
+        # The same middleware for streams, minus a thread hop per hook (sse/transports/inline.py).
+        self.streams = StreamHandler()
+
     async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
         if scope["type"] != "http" or not scope["path"].startswith("/sse/"):
             await super().__call__(scope, receive, send)
@@ -67,8 +73,8 @@ class Handler(ASGIHandler):
                 message.cancel()
             return message.result() if message.done() and not message.cancelled() else {"type": "http.disconnect"}
 
-        scope["sse.send"] = send  # Daphne's own, for sse.backpressure.direct_writer
-        handler = asyncio.ensure_future(self.handle(scope, receive_or_stop, guard(send)))
+        scope["sse.send"] = send  # Daphne's own, for sse.transports.daphne.direct_writer
+        handler = asyncio.ensure_future(self.streams.handle(scope, receive_or_stop, guard(send)))
         try:
             await asyncio.shield(handler)
         except asyncio.CancelledError:
@@ -81,8 +87,8 @@ class Handler(ASGIHandler):
 
 
 django.setup(set_prefix=False)
-from sse import checks, startup  # noqa: E402
-from sse.stream import close_frames  # noqa: E402  (needs the app registry)
+from sse.ops import checks, startup  # noqa: E402
+from sse.transports.endpoint import close_frames  # noqa: E402  (needs the app registry)
 
 checks.fail_fast()
 application = startup.serve_static_in_debug(Handler())

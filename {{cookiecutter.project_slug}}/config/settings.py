@@ -57,7 +57,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "sse.health.HealthProbe",  # /health/ before the Host check: probes reach an instance by address
+    "sse.ops.health.HealthProbe",  # /health/ before the Host check: probes reach an instance by address
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -166,6 +166,9 @@ REDIS_CLUSTER_NODES = [
     (h, int(p)) for h, _, p in (s.rpartition(":") for s in env.list("REDIS_CLUSTER_NODES", default=[]))
 ]
 REDIS_CLUSTER_OPTIONS = {"username": _redis.username, "password": _redis.password, "ssl": _redis.scheme == "rediss"}
+# A broker class by dotted path (a subclass of sse.backends.Broker); unset, REDIS_CLUSTER_NODES
+# chooses Redis Cluster, REDIS_URL or REDIS_SENTINELS Redis, else memory (this process only).
+SSE_BROKER = env.str("SSE_BROKER", default=None)
 SSE_KEY_PREFIX = env.str(
     "SSE_KEY_PREFIX",
     default="{{ cookiecutter.project_slug }}:sse",
@@ -187,9 +190,9 @@ SSE_REDIS_SOCKET_TIMEOUT = env.float("SSE_REDIS_SOCKET_TIMEOUT", default=30.0)
 # Seconds to connect to Redis (and get its handshake): how long a new stream waits for its 503 when Redis is down.
 SSE_REDIS_CONNECT_TIMEOUT = env.float("SSE_REDIS_CONNECT_TIMEOUT", default=1.0)
 SSE_REDIS_MAX_CONNECTIONS = env.int("SSE_REDIS_MAX_CONNECTIONS", default=50)
-# Who may read which stream: a callable (request, stream) -> bool, see sse/auth.py.
+# Who may read which stream: a callable (request, stream) -> bool, see sse/security/auth.py.
 # The default allows these fnmatch patterns to everyone and user.<id> to that user.
-SSE_AUTHORIZE = env.str("SSE_AUTHORIZE", default="sse.auth.default_policy")
+SSE_AUTHORIZE = env.str("SSE_AUTHORIZE", default="sse.security.auth.default_policy")
 SSE_PUBLIC_STREAMS = env.list("SSE_PUBLIC_STREAMS", default=["notifications", "chat", "orders", "datastar"])
 # Open non-public streams are authorized again this often (seconds; 0: only at logout and
 # password change, which close them at once).
@@ -204,7 +207,7 @@ SSE_MAX_STREAMS_PER_CONNECTION = env.int("SSE_MAX_STREAMS_PER_CONNECTION", defau
 SSE_CORS_ORIGINS = env.list("SSE_CORS_ORIGINS", default=[])
 SSE_DEMO_PUBLISH = env.bool("SSE_DEMO_PUBLISH", default=DEBUG)  # the demo form; staff may always publish
 {%- if cookiecutter.sse_mode == "channels" %}
-SSE_FEEDS = ["sse.layer.LayerFeed"]  # group_send({"type": "sse.event"}) reaches clients too
+SSE_FEEDS = ["sse.backends.channel_layer.LayerFeed"]  # group_send({"type": "sse.event"}) reaches clients too
 
 # socket_timeout longer than channels-redis' 5 s blocking reads: redis-py 8's 5 s
 # default times out idle layers.
@@ -260,13 +263,13 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "filters": {
         "one_line": {"()": "django.utils.log.CallbackFilter", "callback": _one_line},
-        "mask_tokens": {"()": "sse.logmask.MaskTokens"},  # runserver's request lines
+        "mask_tokens": {"()": "sse.ops.logmask.MaskTokens"},  # runserver's request lines
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["one_line"]}},
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         "sse": {"level": env.str("SSE_LOG_LEVEL", default="INFO"), "propagate": True},
-        # One line per stream connect, disconnect and reset (sse/access.py); WARNING silences them.
+        # One line per stream connect, disconnect and reset (sse/security/access.py); WARNING silences them.
         "sse.access": {"level": env.str("SSE_ACCESS_LOG_LEVEL", default="INFO"), "propagate": True},
         # Django's default config gives "django" a console handler of its own (DEBUG only), and
         # its records then reach ours through the root: every request line and warning printed

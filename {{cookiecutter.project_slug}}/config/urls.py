@@ -1,10 +1,10 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from sse.health import health
-from sse.metrics import metrics_view
+from sse.ops.health import health
+from sse.ops.metrics import metrics_view
 {%- if cookiecutter.sse_mode == "async_view" %}
-from sse.views import stream, streams
+from sse.transports.views import stream, streams
 {%- endif %}
 
 urlpatterns = [

@@ -7,7 +7,7 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
 from demo.views import PROJECT_NAME, can_publish
-from sse.broker import BrokerUnavailable, get_broker
+from sse.backends import BrokerUnavailable, get_broker
 from sse.datastar import apublish_elements, apublish_signals
 
 STREAM = "datastar"

@@ -17,7 +17,7 @@ from demo.forms import OrderForm
 from demo.models import Order
 from demo.views import PROJECT_NAME, can_publish
 from sse import publish_html_on_commit
-from sse.broker import BrokerUnavailable, get_broker
+from sse.backends import BrokerUnavailable, get_broker
 
 STREAM = "orders"
 EVENT = "order"

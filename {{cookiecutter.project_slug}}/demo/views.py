@@ -12,9 +12,9 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
 from sse import apublish
-from sse.auth import is_public
-from sse.broker import BrokerUnavailable, Entry, get_broker
+from sse.backends import BrokerUnavailable, Entry, get_broker
 from sse.encoding import InvalidEvent, validate_stream
+from sse.security.auth import is_public
 
 PROJECT_NAME = {{ cookiecutter.project_name|tojson|replace('\\"', '\\u0022') }}
 STREAMS = ["notifications", "chat"]

@@ -37,8 +37,8 @@ def publish(stream: str, event: str = "message", data: Any = None, *, text: str 
     Called from a coroutine it works too, but blocks that loop for one Redis round
     trip: use :func:`apublish` there.
     """
-    from sse import metrics
-    from sse.broker import BrokerUnavailable, get_broker
+    from sse.backends import BrokerUnavailable, get_broker
+    from sse.ops import metrics
 
     try:
         event_id = get_broker().publish(stream, event, data, text)
@@ -51,8 +51,8 @@ def publish(stream: str, event: str = "message", data: Any = None, *, text: str 
 
 async def apublish(stream: str, event: str = "message", data: Any = None, *, text: str | None = None) -> str:
     """Async twin of :func:`publish`, for views, consumers and tasks on an event loop."""
-    from sse import metrics
-    from sse.broker import BrokerUnavailable, get_broker
+    from sse.backends import BrokerUnavailable, get_broker
+    from sse.ops import metrics
 
     try:
         event_id = await get_broker().apublish(stream, event, data, text)
@@ -79,14 +79,14 @@ def publish_on_commit(
     """
     from django.db import transaction
 
-    from sse.broker import prepare
+    from sse.backends import prepare
 
     stream, event, payload = prepare(stream, event, data, text)
     transaction.on_commit(functools.partial(_publish_committed, stream, event, payload), using=using, robust=True)
 
 
 def _publish_committed(stream: str, event: str, payload: str) -> None:
-    from sse.broker import BrokerUnavailable
+    from sse.backends import BrokerUnavailable
 
     try:
         # The payload is final text (JSON already serialized): it goes out verbatim.

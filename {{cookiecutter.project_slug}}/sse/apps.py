@@ -6,11 +6,11 @@ class SseConfig(AppConfig):
     verbose_name = "Server-Sent Events"
 
     def ready(self) -> None:
-        from sse import checks, logmask, malloc  # noqa: F401  (registers the checks)
+        from sse.ops import checks, logmask, malloc  # noqa: F401  (registers the checks)
 
         logmask.mask_daphne_access_log()
         malloc.fix_mmap_threshold()
 
-        from sse import revocation
+        from sse.security import revocation
 
         revocation.connect_signals()

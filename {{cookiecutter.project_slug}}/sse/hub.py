@@ -8,12 +8,15 @@ fast path, writes them to the client at once.
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
+from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
-from sse import metrics
+from sse.backends import Broker, Feed, get_broker, resets_broker
+from sse.backends import aclose as aclose_broker
 from sse.conf import setting
 from sse.encoding import (
     EventKey,
@@ -21,9 +24,7 @@ from sse.encoding import (
     format_id,
     parse_id,
 )
-
-if TYPE_CHECKING:
-    from sse.broker import Broker
+from sse.ops import metrics
 
 log = logging.getLogger("sse")
 
@@ -68,7 +69,7 @@ class Subscription:
         self.bytes = 0
         self.dropped = False
         self.pinged = False
-        self.sent_events = self.sent_bytes = 0  # written on the fast path (sse.access adds the rest)
+        self.sent_events = self.sent_bytes = 0  # written on the fast path (sse.security.access adds the rest)
         self.waiter: asyncio.Future[None] | None = None
         self.write: Callable[[bytes], bool] | None = None
 
@@ -91,7 +92,7 @@ class Subscription:
                 len(self.items),
                 self.bytes,
             )
-            self.close()  # counted once per connection, where it ends (sse.access)
+            self.close()  # counted once per connection, where it ends (sse.security.access)
             return False
         self.bytes += size
         self.items.append(item)
@@ -135,18 +136,10 @@ class Subscription:
             self.waiter.set_result(None)
 
 
-class Feed(Protocol):
-    """A live source of events for a hub, watched per stream."""
-
-    async def watch(self, stream: str) -> None: ...
-
-    async def unwatch(self, stream: str) -> None: ...
-
-
 class Hub:
-    """The fan-out of one event loop (one per Daphne process)."""
+    """The fan-out of one event loop (one per Daphne process): the backends' ``Sink``."""
 
-    def __init__(self, broker: "Broker") -> None:
+    def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.loop = asyncio.get_running_loop()
         self.subscribers: dict[str, set[Subscription]] = {}
@@ -157,6 +150,8 @@ class Hub:
         # One timer for every stream's heartbeat, not one per stream.
         self._heartbeat: asyncio.TimerHandle | None = None
         self.open = 0  # subscriptions (open streams) in this process
+        # Who hears control messages (sse.security.revocation registers itself here).
+        self.on_control: list[Callable[[str], None]] = []
         extra = [import_string(path)(self) for path in setting("SSE_FEEDS", [])]
         self.feeds: list[Feed] = [broker.feed(self), *extra]
 
@@ -220,12 +215,22 @@ class Hub:
         self.last[stream] = key
         self._fanout(stream, key, encode(id=format_id(key), event=event, data=data))
 
+    def control(self, message: str) -> None:
+        """A control message from the broker (any process, this one included)."""
+        for handler in list(self.on_control):
+            handler(message)
+
+    def close_stream(self, stream: str) -> None:
+        """End every local connection of ``stream``; each client reconnects and replays."""
+        for sub in tuple(self.subscribers.get(stream, ())):
+            sub.close()
+
     def _fanout(self, stream: str, key: EventKey, frame: bytes) -> None:
         metrics.FANNED_OUT.inc()
         written = 0
         for sub in tuple(self.subscribers.get(stream, ())):
             written += sub.push((key, frame))
-        if written:  # the fast path's share; sse.access counts what the streams yield
+        if written:  # the fast path's share; sse.security.access counts what the streams yield
             metrics.EVENTS_SENT.inc(written)
             metrics.BYTES_SENT.inc(written * len(frame))
 
@@ -299,14 +304,38 @@ class Hub:
             log.error("sse: background task failed", exc_info=task.exception())
 
 
-class NullFeed:
-    """Memory mode: publish() hands events to the hubs directly."""
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
 
-    def __init__(self, hub: Hub) -> None:
-        pass
 
-    async def watch(self, stream: str) -> None:
-        pass
+def get_hub() -> Hub:
+    """The hub of the running event loop."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None:
+        hub = _hubs[loop] = Hub(get_broker())
+    return hub
 
-    async def unwatch(self, stream: str) -> None:
-        pass
+
+async def aclose() -> None:
+    """Stop this event loop's hub and close its Redis connections (tests, shutdown)."""
+    hub = _hubs.pop(asyncio.get_running_loop(), None)
+    if hub is not None:
+        await hub.aclose()
+    await aclose_broker()
+
+
+def open_streams() -> int:
+    """Streams open in this process, over every event loop's hub."""
+    return sum(hub.open for hub in list(_hubs.values()))
+
+
+metrics.OPEN_STREAMS.read = open_streams
+
+
+def _reset(*, setting: str, **kwargs: Any) -> None:
+    """Tests change settings: a new broker needs new hubs."""
+    if resets_broker(setting):
+        _hubs.clear()
+
+
+setting_changed.connect(_reset)

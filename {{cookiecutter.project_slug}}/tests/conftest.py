@@ -7,7 +7,7 @@ from asgiref.sync import SyncToAsync
 from django.db import connections
 from hypothesis import settings as hypothesis_settings
 
-from sse import broker
+from sse import hub
 from sse.encoding import STREAM_NAME
 
 # No per-example deadline (shared CI machines are slow at times); CI replays fixed examples.
@@ -29,7 +29,7 @@ async def backend(request, settings):
     settings.REDIS_URL = REDIS_URL if request.param == "redis" else None
     yield request.param
     # Each test has its own event loop: close what the hub opened on it.
-    await broker.aclose()
+    await hub.aclose()
 
 
 @pytest.fixture(autouse=True)

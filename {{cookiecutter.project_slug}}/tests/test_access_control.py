@@ -11,10 +11,12 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import AsyncClient, Client, RequestFactory
 
-from sse import checks, logmask, publish, revocation, tokens
-from sse.broker import get_hub
+from sse import publish
 from sse.encoding import InvalidEvent
-from sse.stream import stream_response
+from sse.hub import get_hub
+from sse.ops import checks, logmask
+from sse.security import revocation, tokens
+from sse.transports.endpoint import stream_response
 from tests.conftest import read_until
 
 rf = RequestFactory()

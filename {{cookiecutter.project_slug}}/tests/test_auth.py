@@ -4,7 +4,7 @@ import pytest
 from django.contrib.auth.models import AnonymousUser, User
 from django.test import RequestFactory
 
-from sse.stream import stream_response
+from sse.transports.endpoint import stream_response
 
 rf = RequestFactory()
 DEFAULT = ["notifications", "chat"]

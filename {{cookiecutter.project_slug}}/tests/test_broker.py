@@ -3,9 +3,11 @@ import threading
 
 import pytest
 
-from sse import apublish, publish
-from sse.broker import get_broker, get_hub
+from sse import apublish, hub, publish
+from sse.backends import get_broker
+from sse.backends.memory import MemoryBroker
 from sse.encoding import InvalidEvent, dumps, parse_id
+from sse.hub import get_hub
 from tests.conftest import parse
 
 
@@ -19,6 +21,26 @@ async def test_ids_increase_and_replay_returns_what_follows(backend, stream):
     assert await broker.areplay(stream, ids[4], 100) == []
     assert await broker.areplay(stream, ids[1], 2) == [entries[0], entries[1]]
     assert await broker.alast_id(stream) == ids[4]
+
+
+class RecordingBroker(MemoryBroker):
+    """A backend of the project's own, named by SSE_BROKER."""
+
+    name = "recording"
+
+
+async def test_sse_broker_names_the_backend_over_the_environment(settings, stream):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # would be Redis (and unreachable) without SSE_BROKER
+    settings.SSE_BROKER = f"{__name__}.RecordingBroker"
+    try:
+        assert type(get_broker()) is RecordingBroker
+        event_id = await apublish(stream, "n", 1)
+        assert await get_broker().alast_id(stream) == event_id
+        assert get_hub().broker is get_broker()
+    finally:
+        await hub.aclose()
+    settings.SSE_BROKER = None
+    assert type(get_broker()).__name__ == "RedisBroker", "unset again: chosen from REDIS_URL"
 
 
 async def test_unknown_id_is_outside_the_window(backend, stream):

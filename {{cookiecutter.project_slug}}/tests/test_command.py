@@ -5,7 +5,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from sse import publish
-from sse.broker import get_broker
+from sse.backends import get_broker
 
 
 async def test_send_event_prints_the_id_and_logs_the_event(backend, stream, capsys):

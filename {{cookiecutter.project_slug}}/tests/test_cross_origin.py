@@ -10,8 +10,10 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import RequestFactory
 
-from sse import apublish, checks, logmask, tokens
-from sse.stream import stream_response
+from sse import apublish
+from sse.ops import checks, logmask
+from sse.security import tokens
+from sse.transports.endpoint import stream_response
 from tests.conftest import data_events, read_until
 
 rf = RequestFactory()
@@ -42,7 +44,7 @@ async def test_a_listed_origin_gets_credentialed_cors_headers_and_events(backend
 
 
 async def test_an_unlisted_origin_is_403_and_opens_no_stream(backend, stream, settings):
-    from sse.broker import get_hub
+    from sse.hub import get_hub
 
     settings.SSE_CORS_ORIGINS = [APP]
     for origin in ["https://evil.example", "null", APP + "/", "http://app.example.com", "https://app.example.com:8443"]:

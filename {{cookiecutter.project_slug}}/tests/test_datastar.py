@@ -12,7 +12,7 @@ from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
 from sse import apublish
-from sse.broker import get_broker
+from sse.backends import get_broker
 from sse.datastar import (
     apublish_elements,
     apublish_signals,
@@ -22,7 +22,7 @@ from sse.datastar import (
     publish_signals_on_commit,
 )
 from sse.encoding import InvalidEvent
-from sse.stream import stream_response
+from sse.transports.endpoint import stream_response
 from tests.conftest import data_events, read_until
 
 rf = RequestFactory()

@@ -16,7 +16,7 @@ from django.test import AsyncClient, Client
 
 from demo.views import HISTORY, HISTORY_WAIT, event_context
 from sse import apublish
-from sse.broker import get_broker
+from sse.backends import get_broker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -6,11 +6,13 @@ import logging
 import pytest
 from django.test import RequestFactory
 
-from sse import access, apublish, metrics
-from sse.broker import BrokerUnavailable, get_broker, get_hub
+from sse import apublish
+from sse.backends import BrokerUnavailable, get_broker
 from sse.encoding import InvalidEvent, parse_composite, parse_id
-from sse.hub import Subscription
-from sse.stream import close_frames, stream_response
+from sse.hub import Subscription, get_hub
+from sse.ops import metrics
+from sse.security import access
+from sse.transports.endpoint import close_frames, stream_response
 from tests.conftest import data_events, parse
 
 rf = RequestFactory()
@@ -132,7 +134,7 @@ def test_a_slow_client_is_counted_once_where_its_stream_ends():
 async def test_a_cancellation_a_redis_call_swallowed_is_raised_again():
     """Python 3.11's asyncio.wait_for, under every redis-py write, can return instead of
     raising when its task is cancelled as the write completes; the stream must still end."""
-    from sse.redis_backend import raise_swallowed_cancel
+    from sse.backends.redis import raise_swallowed_cancel
 
     async def stream_task() -> str:
         asyncio.current_task().cancel()  # the client leaves...

@@ -24,10 +24,10 @@ from sse import (
     publish_html_on_commit,
     publish_on_commit,
 )
-from sse.broker import get_broker
+from sse.backends import get_broker
 from sse.encoding import InvalidEvent, encode, payload
 from sse.html import fragment, render
-from sse.stream import stream_response
+from sse.transports.endpoint import stream_response
 from tests.conftest import data_events, parse, read_until
 
 FRAGMENT = '<ul id="list">\n  <li>one</li>\n\n  <li>two</li>\n</ul>'

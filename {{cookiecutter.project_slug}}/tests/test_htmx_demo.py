@@ -11,7 +11,7 @@ from django.test import AsyncClient, Client
 from demo.models import Order
 from demo.orders import EVENT, STREAM
 from sse import apublish
-from sse.broker import get_broker
+from sse.backends import get_broker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -18,7 +18,7 @@ from sse.encoding import (
     parse_id,
     with_id,
 )
-from sse.stream import stream_response
+from sse.transports.endpoint import stream_response
 from tests.conftest import data_events, parse, read_until
 
 rf = RequestFactory()

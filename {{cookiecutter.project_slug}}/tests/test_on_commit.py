@@ -10,10 +10,11 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.test import RequestFactory
 
-from sse import metrics, publish, publish_on_commit
-from sse.broker import get_broker
+from sse import publish, publish_on_commit
+from sse.backends import get_broker
 from sse.encoding import InvalidEvent
-from sse.stream import stream_response
+from sse.ops import metrics
+from sse.transports.endpoint import stream_response
 from tests.conftest import data_events, read_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

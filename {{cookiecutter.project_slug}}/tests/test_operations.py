@@ -10,9 +10,11 @@ import redis
 from django.contrib.auth.models import User
 from django.test import AsyncClient, RequestFactory
 
-from sse import apublish, metrics, tokens
-from sse.broker import get_hub
-from sse.stream import stream_response
+from sse import apublish
+from sse.hub import get_hub
+from sse.ops import metrics
+from sse.security import tokens
+from sse.transports.endpoint import stream_response
 from tests.conftest import REDIS_URL, data_events, read_until
 
 SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)")

@@ -6,9 +6,12 @@ import json
 
 from django.test import RequestFactory
 
-from sse import access, apublish
-from sse.broker import get_hub
-from sse.stream import Connection, retry_frame, stream_response
+from sse import apublish
+from sse.backends import get_broker
+from sse.backends.base import BrokerUnavailable, SharedReads
+from sse.hub import get_hub
+from sse.security import access
+from sse.transports.endpoint import Connection, retry_frame, stream_response
 from tests.conftest import data_events, parse, read_until
 
 rf = RequestFactory()
@@ -167,13 +170,13 @@ async def test_health_reports_streams_and_redis(backend, stream):
 async def test_health_is_503_when_redis_is_down(settings):
     from django.test import AsyncClient
 
-    from sse import broker
+    from sse import hub
 
     settings.REDIS_URL = "redis://127.0.0.1:1/0"
     response = await AsyncClient().get("/health/")
     assert response.status_code == 503
     assert response.json()["redis"] == "unavailable"
-    await broker.aclose()
+    await hub.aclose()
 
 
 async def test_long_replays_page_through_the_log(backend, stream):
@@ -223,3 +226,65 @@ async def test_live_frames_skip_the_queue_until_the_client_falls_behind(backend,
     with contextlib.suppress(asyncio.CancelledError):
         await task
     connection.close()
+
+
+async def test_a_storm_of_identical_replays_reads_each_page_about_once(backend, stream):
+    # 500 clients back at once with the same Last-Event-ID: a few reads per page, not 500
+    # (a caller that arrives while a read runs waits for the next; callers drift apart).
+    ids = [await apublish(stream, "n", {"i": i}) for i in range(20)]
+    broker = get_broker()
+    reads = []
+    areplay = broker.areplay
+
+    async def counted(*args):  # a spy on the real read, which still runs
+        reads.append(args)
+        return await areplay(*args)
+
+    broker.areplay = counted
+    try:
+
+        async def replay() -> list[str]:
+            return [entry[0] async for page in broker.pages(stream, ids[4]) for entry in page]
+
+        results = await asyncio.gather(*(replay() for _ in range(500)))
+    finally:
+        del broker.areplay
+    assert all(result == ids[5:] for result in results)
+    pages = len({args for args in reads})
+    assert pages >= 3 and len(reads) <= 6 * pages, f"{len(reads)} reads for {pages} pages"
+
+
+async def test_a_read_already_running_is_not_shared_with_a_later_caller():
+    # It may have started before the later caller subscribed: that caller waits for the next one.
+    gate = asyncio.Event()
+    started = []
+
+    async def read() -> int:
+        started.append(len(started) + 1)
+        number = len(started)
+        if number == 1:
+            await gate.wait()
+        return number
+
+    shared = SharedReads()
+    first = asyncio.ensure_future(shared.read("k", read))
+    await asyncio.sleep(0)
+    later = [asyncio.ensure_future(shared.read("k", read)) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert started == [1]  # the later callers wait; they do not start reads of their own
+    later[0].cancel()  # a caller that leaves does not cancel the read the others wait for
+    gate.set()
+    assert await first == 1
+    assert [await task for task in later[1:]] == [2, 2]
+    assert started == [1, 2]
+    assert await shared.read("k", read) == 3  # nothing in flight: a new read
+
+
+async def test_a_failed_shared_read_fails_each_caller():
+    async def read() -> None:
+        await asyncio.sleep(0.01)
+        raise BrokerUnavailable("down")
+
+    shared = SharedReads()
+    results = await asyncio.gather(*(shared.read("k", read) for _ in range(3)), return_exceptions=True)
+    assert [type(r) for r in results] == [BrokerUnavailable] * 3

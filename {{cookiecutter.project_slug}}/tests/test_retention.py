@@ -7,8 +7,8 @@ import pytest
 import redis
 from django.core import checks
 
-from sse import apublish, broker, publish
-from sse.broker import get_broker
+from sse import apublish, hub, publish
+from sse.backends import get_broker
 from sse.encoding import dumps
 from tests.conftest import REDIS_URL
 
@@ -20,7 +20,7 @@ async def memory(settings):
     """The in-memory broker only: what is tested is its own trimming."""
     settings.REDIS_URL = None
     yield
-    await broker.aclose()
+    await hub.aclose()
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ async def redis_only(settings):
     settings.SSE_KEY_PREFIX = f"test-{uuid.uuid4().hex[:8]}"
     settings.REDIS_URL = REDIS_URL
     yield
-    await broker.aclose()
+    await hub.aclose()
 
 
 def data_of(size: int) -> str:

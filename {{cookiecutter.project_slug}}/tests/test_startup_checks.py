@@ -7,7 +7,8 @@ import pytest
 from django.core.checks import run_checks
 from django.test import AsyncClient, Client
 
-from sse import backpressure, checks, startup
+from sse.ops import checks, startup
+from sse.transports import daphne
 
 
 async def my_policy(request, stream: str) -> bool:
@@ -45,18 +46,42 @@ def test_fail_fast_refuses_a_bad_policy(settings):
         checks.fail_fast()
 
 
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [
+        ("sse.backends.memory.NoSuchBroker", "sse.E012"),
+        ("sse.memory.MemoryBroker", "sse.E012"),  # the path before sse/backends/
+        ("sse.backends.base.prepare", "sse.E013"),  # not a class
+        ("sse.hub.Hub", "sse.E013"),  # a class, not a backend
+    ],
+)
+def test_a_bad_broker_backend_is_a_check_error(settings, path, code):
+    settings.SSE_BROKER = path
+    errors = checks.broker_backend()
+    assert [e.id for e in errors] == [code]
+    assert path in errors[0].msg
+    assert code in [e.id for e in run_checks(tags=["sse"])]
+
+
+def test_the_automatic_and_a_named_broker_pass(settings):
+    assert checks.broker_backend() == []
+    settings.SSE_BROKER = "sse.backends.memory.MemoryBroker"
+    assert checks.broker_backend() == []
+    assert startup.describe_broker() == "sse.backends.memory.MemoryBroker"
+
+
 def twisted_like(**missing: bool) -> tuple[SimpleNamespace, SimpleNamespace]:
-    request = SimpleNamespace(**{name: 0 for name in backpressure.REQUEST_INTERNALS if name not in missing})
-    transport = SimpleNamespace(**{name: 0 for name in backpressure.TRANSPORT_INTERNALS if name not in missing})
+    request = SimpleNamespace(**{name: 0 for name in daphne.REQUEST_INTERNALS if name not in missing})
+    transport = SimpleNamespace(**{name: 0 for name in daphne.TRANSPORT_INTERNALS if name not in missing})
     return request, transport
 
 
 def test_the_twisted_probe_warns_once_and_names_what_is_missing(monkeypatch, caplog):
-    monkeypatch.setattr(backpressure, "_internals", None)
+    monkeypatch.setattr(daphne, "_internals", None)
     request, transport = twisted_like(_tempDataLen=True, _disconnected=True)
     with caplog.at_level(logging.WARNING, logger="sse"):
-        assert backpressure.internals(request, transport) is False
-        assert backpressure.internals(*twisted_like()) is False  # decided once per process
+        assert daphne.internals(request, transport) is False
+        assert daphne.internals(*twisted_like()) is False  # decided once per process
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "Request._disconnected" in warnings[0] and "SimpleNamespace._tempDataLen" in warnings[0]
@@ -64,24 +89,24 @@ def test_the_twisted_probe_warns_once_and_names_what_is_missing(monkeypatch, cap
 
 
 def test_the_twisted_probe_is_silent_when_everything_is_there(monkeypatch, caplog):
-    monkeypatch.setattr(backpressure, "_internals", None)
+    monkeypatch.setattr(daphne, "_internals", None)
     with caplog.at_level(logging.WARNING, logger="sse"):
-        assert backpressure.internals(*twisted_like()) is True
+        assert daphne.internals(*twisted_like()) is True
     assert not caplog.records
 
 
 def test_a_daphne_send_that_leads_nowhere_is_reported_once(monkeypatch, caplog):
-    monkeypatch.setattr(backpressure, "_unreachable_warned", False)
+    monkeypatch.setattr(daphne, "_unreachable_warned", False)
 
     async def send(message: dict) -> None:
         pass
 
     with caplog.at_level(logging.WARNING, logger="sse"):
-        backpressure.guard(send)  # another server's send: nothing to say
+        daphne.guard(send)  # another server's send: nothing to say
         assert not caplog.records
         send.__module__ = "daphne.server"  # as a future Daphne's might look
         for _ in range(3):
-            assert backpressure.guard(send) is send
+            assert daphne.guard(send) is send
     assert len(caplog.records) == 1 and "Daphne's ASGI send" in caplog.records[0].getMessage()
 
 
@@ -110,7 +135,7 @@ async def test_the_producer_guard_waits_while_twisted_is_paused_and_aborts_past_
     async def send(message: dict) -> None:
         sent.append(message)
 
-    guarded = backpressure.producer_guard(send, request, transport)
+    guarded = daphne.producer_guard(send, request, transport)
     await guarded({"type": "http.response.start", "status": 200})
     await guarded({"type": "http.response.body", "body": b"a", "more_body": True})
     assert request.producer is not None
@@ -132,7 +157,7 @@ async def test_the_producer_guard_ends_quietly_after_the_client_is_gone(settings
     async def send(message: dict) -> None:
         sent.append(message)
 
-    guarded = backpressure.producer_guard(send, request, SimpleNamespace())
+    guarded = daphne.producer_guard(send, request, SimpleNamespace())
     await guarded({"type": "http.response.body", "body": b"a", "more_body": True})
     request.producer.stopProducing()
     request.channel = None  # and Twisted can no longer unregister anything

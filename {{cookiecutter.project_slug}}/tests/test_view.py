@@ -2,14 +2,19 @@
 
 import asyncio
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import ClassVar
 
 import pytest
-from asgiref.sync import sync_to_async
+from asgiref.sync import SyncToAsync, sync_to_async
+from asgiref.testing import ApplicationCommunicator
 from django.contrib.auth.models import User
+from django.http import HttpRequest
 from django.test import AsyncClient
+from django.utils.deprecation import MiddlewareMixin
 
 from sse import apublish
-from sse.broker import get_hub
+from sse.hub import get_hub
 from tests.conftest import data_events, read_until
 
 
@@ -109,3 +114,89 @@ async def test_several_streams_cors_and_preflight_through_django(backend, stream
     assert preflight.status_code == 204 and preflight["Access-Control-Allow-Methods"] == "GET"
     assert (await client.get(f"/sse/{stream}/", headers={"Origin": "https://evil.example"})).status_code == 403
     assert (await client.get("/sse/")).status_code == 400
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """Django's one sync thread, counting what is handed to it."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.calls = 0
+
+    def submit(self, *args, **kwargs):
+        self.calls += 1  # a spy: the real executor still runs the job
+        return super().submit(*args, **kwargs)
+
+
+async def asgi_get(path: str, headers=()) -> tuple[ApplicationCommunicator, dict, dict]:
+    """A GET through config.asgi, as Daphne calls it (not Django's test handler)."""
+    from config.asgi import application
+
+    scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": list(headers) or [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+    }
+    comm = ApplicationCommunicator(application, scope)
+    await comm.send_input({"type": "http.request", "body": b"", "more_body": False})
+    start = await comm.receive_output(5)
+    return comm, start, {k.decode().lower(): v.decode() for k, v in start["headers"]}
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_opening_a_stream_hands_djangos_sync_thread_one_job_not_one_per_hook(backend, stream, monkeypatch):
+    # Django runs each MiddlewareMixin hook of an async request in its one sync
+    # thread: a dozen hand-offs per stream with the default stack. Only the
+    # request_started signal (closing stale database connections) needs it.
+    executor = CountingExecutor()
+    monkeypatch.setattr(SyncToAsync, "single_thread_executor", executor)
+    comm, start, headers = await asgi_get(f"/sse/{stream}/")
+    assert start["status"] == 200
+    assert headers["x-content-type-options"] == "nosniff"  # SecurityMiddleware still ran
+    assert headers["x-frame-options"] == "DENY"  # and XFrameOptionsMiddleware
+    assert "cookie" in headers["vary"].lower()  # and SessionMiddleware's response hook
+    assert executor.calls <= 1, f"{executor.calls} hand-offs to the sync thread"
+    await comm.send_input({"type": "http.disconnect"})
+    await comm.wait(5)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_stream_path_still_validates_hosts_redirects_and_runs_other_middleware(backend, stream, settings):
+    from config.asgi import application
+
+    comm, start, _ = await asgi_get(f"/sse/{stream}/", [(b"host", b"evil.example")])
+    assert start["status"] == 400
+    # Middleware reads its settings when it is built: build the stream path's chain again.
+    settings.SECURE_SSL_REDIRECT = True
+    application.streams.load_middleware(is_async=True)
+    try:
+        comm, start, headers = await asgi_get(f"/sse/{stream}/")
+        assert start["status"] == 301 and headers["location"].startswith("https://")
+        settings.SECURE_SSL_REDIRECT = False
+        # A middleware the project adds runs as Django runs it, in the sync thread.
+        settings.MIDDLEWARE = [*settings.MIDDLEWARE, "tests.test_view.ThreadRecorder"]
+        application.streams.load_middleware(is_async=True)
+        comm, start, _ = await asgi_get(f"/sse/{stream}/")
+        assert start["status"] == 200
+        assert ThreadRecorder.threads and threading.get_ident() not in ThreadRecorder.threads
+        await comm.send_input({"type": "http.disconnect"})
+        await comm.wait(5)
+    finally:
+        settings.SECURE_SSL_REDIRECT = False
+        settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if not m.endswith("ThreadRecorder")]
+        application.streams.load_middleware(is_async=True)
+
+
+class ThreadRecorder(MiddlewareMixin):
+    threads: ClassVar[list[int]] = []
+
+    def process_request(self, request: HttpRequest) -> None:
+        self.threads.append(threading.get_ident())

@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.template import TemplateDoesNotExist, TemplateSyntaxError
 
 from sse import publish
-from sse.broker import BrokerUnavailable
+from sse.backends import BrokerUnavailable
 from sse.encoding import InvalidEvent
 from sse.html import render
 

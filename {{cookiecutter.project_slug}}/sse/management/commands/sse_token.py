@@ -4,12 +4,12 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from sse import tokens
 from sse.encoding import InvalidEvent
+from sse.security import tokens
 
 
 class Command(BaseCommand):
-    help = "Print a signed token that lets a client without cookies read STREAMs (see sse/tokens.py)."
+    help = "Print a signed token that lets a client without cookies read STREAMs (see sse/security/tokens.py)."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("streams", nargs="+", metavar="STREAM", help="stream names, e.g. notifications")

@@ -7,7 +7,7 @@ session user, SecurityMiddleware headers and HTTPS redirects like any view.
 
 from django.http import HttpRequest, HttpResponse
 
-from sse.stream import stream_response
+from sse.transports.endpoint import stream_response
 
 
 async def stream(request: HttpRequest, stream: str) -> HttpResponse:

@@ -26,10 +26,10 @@ from django.contrib.sessions.middleware import SessionMiddleware
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 
-from sse import access, tokens
-from sse.auth import authorize
 from sse.conf import setting
 from sse.hub import Hub, Subscription
+from sse.security import access, tokens
+from sse.security.auth import authorize
 
 log = logging.getLogger("sse")
 
@@ -97,12 +97,23 @@ class Registry:
                     self.guarded.discard(guarded)
                     guarded.end("no longer allowed (re-check)")
 
+    def received(self, message: str) -> None:
+        """A control message from the broker (any process, this one included)."""
+        kind, _, user = message.partition("\n")
+        if kind == REVOKE and user:
+            self.revoke(user, "access revoked (logout, password change, deactivated or deleted)")
+
 
 def registry(hub: Hub) -> Registry:
-    """The hub's registry, kept on the hub: it lives and goes with that event loop."""
+    """The hub's registry, kept on the hub: it lives and goes with that event loop.
+
+    It hears the hub's control messages from when it exists: before, this hub
+    had no guarded stream to close.
+    """
     found = getattr(hub, "revocations", None)
     if found is None:
         found = hub.revocations = Registry(hub)  # type: ignore[attr-defined]
+        hub.on_control.append(found.received)
     return found
 
 
@@ -155,16 +166,9 @@ def release(hub: Hub, guarded: Guarded | None) -> None:
         registry(hub).discard(guarded)
 
 
-def received(hub: Hub, message: str) -> None:
-    """A control message from the broker (any process, this one included)."""
-    kind, _, user = message.partition("\n")
-    if kind == REVOKE and user:
-        registry(hub).revoke(user, "access revoked (logout, password change, deactivated or deleted)")
-
-
 def revoke_user(pk: Any) -> None:
     """Close ``pk``'s open non-public streams in every process (sync: signal handlers)."""
-    from sse.broker import BrokerUnavailable, get_broker
+    from sse.backends import BrokerUnavailable, get_broker
 
     try:
         get_broker().publish_control(f"{REVOKE}\n{pk}")

@@ -34,6 +34,8 @@ def serve_static_in_debug(application: Any) -> Any:
 
 def describe_broker() -> str:
     """The broker in use, without a password."""
+    if path := setting("SSE_BROKER", None):
+        return path  # a backend of the project's own: its settings are its own
     sentinels = setting("REDIS_SENTINELS", [])
     if sentinels:
         hosts = ",".join(f"{host}:{port}" for host, port in sentinels)

@@ -20,10 +20,9 @@ from typing import Any
 import redis
 from channels.layers import get_channel_layer
 
-from sse.broker import BrokerFull, BrokerUnavailable
+from sse.backends.base import BrokerFull, BrokerUnavailable, Sink
 from sse.conf import setting
 from sse.encoding import InvalidEvent, payload, validate_event_name
-from sse.hub import Hub
 
 HEALTH_GROUP = "sse-health"
 
@@ -31,7 +30,7 @@ log = logging.getLogger("sse")
 
 
 class LayerFeed:
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Sink) -> None:
         self.hub = hub
         self.layer = get_channel_layer()
         self.channels: dict[str, str] = {}

@@ -21,14 +21,12 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from sse import revocation
-from sse.broker import Broker, BrokerFull, BrokerUnavailable, Entry, prepare
+from sse.backends.base import Broker, BrokerFull, BrokerUnavailable, Entry, Feed, Sink, prepare
 from sse.conf import setting
 from sse.encoding import (
     format_id,
     parse_id,
 )
-from sse.hub import Feed, Hub
 
 log = logging.getLogger("sse")
 
@@ -116,9 +114,12 @@ def redacted(url: str) -> str:
 class RedisBroker(Broker):
     """Redis Streams for the log, pub/sub (fed by the same Lua script) for live events."""
 
-    def __init__(self, url: str | None, sentinels: list[tuple[str, int]] | None = None) -> None:
-        self.url = url
-        self.sentinels = sentinels or []
+    name = "redis"
+
+    def __init__(self, url: str | None = None, sentinels: list[tuple[str, int]] | None = None) -> None:
+        # From the settings unless given: SSE_BROKER makes backends with no arguments.
+        self.url = url if url is not None else setting("REDIS_URL", None)
+        self.sentinels = (sentinels if sentinels is not None else setting("REDIS_SENTINELS", [])) or []
         self.master = setting("REDIS_SENTINEL_MASTER", "mymaster")
         self.prefix = setting("SSE_KEY_PREFIX", "sse")
         # Longer than every blocking read in play (the pub/sub poll, channels-redis'
@@ -262,8 +263,16 @@ class RedisBroker(Broker):
         id, fields = row
         return id.decode(), fields[b"event"].decode(), fields[b"data"].decode()
 
-    def feed(self, hub: Hub) -> Feed:
+    def feed(self, hub: Sink) -> Feed:
         return RedisFeed(self, hub)
+
+    async def ahealth(self) -> str | None:
+        try:
+            async with asyncio.timeout(2):
+                await self.aclient().ping()
+        except Exception:  # any failure means: not serving events now
+            return "unavailable"
+        return "ok"
 
     @property
     def control_channel(self) -> bytes:
@@ -280,7 +289,7 @@ class RedisBroker(Broker):
 class RedisFeed:
     """One pub/sub connection per process, with catch-up from the log after outages."""
 
-    def __init__(self, broker: RedisBroker, hub: Hub) -> None:
+    def __init__(self, broker: RedisBroker, hub: Sink) -> None:
         self.broker = broker
         self.hub = hub
         self.streams: dict[bytes, str] = {}
@@ -415,7 +424,7 @@ class RedisFeed:
         if message["type"] == "subscribe":
             self.confirm(channel)
         elif message["type"] == "message" and channel == self.broker.control_channel:
-            revocation.received(self.hub, message["data"].decode())
+            self.hub.control(message["data"].decode())
         elif message["type"] == "message" and channel in self.streams:
             id, event, data = message["data"].decode().split("\n", 2)
             self.hub.deliver(self.streams[channel], id, event, data)
@@ -432,8 +441,7 @@ class RedisFeed:
                     # The log moved past us: end these connections so that each client
                     # reconnects and is told (reset event) instead of silently missing events.
                     log.warning("sse: %s was trimmed past this process's position during an outage", stream)
-                    for sub in tuple(self.hub.subscribers.get(stream, ())):
-                        sub.close()
+                    self.hub.close_stream(stream)
                     break
                 for id, event, data in entries:
                     self.hub.deliver(stream, id, event, data)

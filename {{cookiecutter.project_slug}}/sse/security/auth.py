@@ -30,6 +30,7 @@ from django.utils.module_loading import import_string
 from sse.conf import setting
 
 PRIVATE_PREFIX = "user."
+DEFAULT_POLICY = "sse.security.auth.default_policy"  # SSE_AUTHORIZE's default
 
 
 async def get_user(request: HttpRequest) -> Any:
@@ -56,8 +57,16 @@ async def default_policy(request: HttpRequest, stream: str) -> bool:
     return is_public(stream)
 
 
+def may_have_used_database(request: HttpRequest) -> bool:
+    """Whether opening this stream may have queried the database: a session cookie, or a custom policy."""
+    session = getattr(request, "session", None)
+    if session is not None and session.accessed and session.session_key is not None:
+        return True
+    return setting("SSE_AUTHORIZE", DEFAULT_POLICY) != DEFAULT_POLICY
+
+
 async def authorize(request: HttpRequest, stream: str) -> bool:
-    policy = import_string(setting("SSE_AUTHORIZE", "sse.auth.default_policy"))
+    policy = import_string(setting("SSE_AUTHORIZE", DEFAULT_POLICY))
     allowed = policy(request, stream)
     if inspect.isawaitable(allowed):
         allowed = await allowed

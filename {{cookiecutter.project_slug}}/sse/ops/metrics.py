@@ -12,6 +12,7 @@ No client library: the text format is a few lines, written here.
 
 import ipaddress
 import threading
+from collections.abc import Callable
 from functools import cache
 
 from django.conf import settings
@@ -60,10 +61,18 @@ STREAM_ERRORS = counter("sse_stream_errors_total", "Streams ended by an error (l
 RESETS = counter("sse_resets_total", "Reset events sent for ids no longer (or never) in the log.")
 
 
-def open_streams() -> int:
-    from sse.broker import _hubs  # not at import time: the broker counts into this module
+class Gauge:
+    """A value read when scraped, from ``read``, which the module that knows it sets (sse.hub)."""
 
-    return sum(hub.open for hub in list(_hubs.values()))
+    __slots__ = ("description", "name", "read")
+
+    def __init__(self, name: str, description: str) -> None:
+        self.name, self.description = name, description
+        self.read: Callable[[], float] = lambda: 0
+
+
+# This module imports nothing from sse: what it shows is handed to it.
+OPEN_STREAMS = Gauge("sse_open_streams", "Streams open in this process now.")
 
 
 def escape_help(text: str) -> str:
@@ -83,10 +92,11 @@ def sample(name: str, labels: tuple[tuple[str, str], ...], value: float) -> str:
 
 def render() -> str:
     """Every metric, with its HELP and TYPE lines, in the text exposition format 0.0.4."""
+    gauge = OPEN_STREAMS
     lines = [
-        "# HELP sse_open_streams Streams open in this process now.",
-        "# TYPE sse_open_streams gauge",
-        sample("sse_open_streams", (), open_streams()),
+        f"# HELP {gauge.name} {escape_help(gauge.description)}",
+        f"# TYPE {gauge.name} gauge",
+        sample(gauge.name, (), gauge.read()),
     ]
     for metric in COUNTERS:
         lines += [f"# HELP {metric.name} {escape_help(metric.description)}", f"# TYPE {metric.name} counter"]

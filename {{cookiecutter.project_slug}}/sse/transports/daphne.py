@@ -37,8 +37,8 @@ from typing import Any
 import twisted
 from twisted.internet import tcp
 
-from sse import access
 from sse.conf import setting
+from sse.security import access
 
 log = logging.getLogger("sse")
 

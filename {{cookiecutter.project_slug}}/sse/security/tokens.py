@@ -2,7 +2,7 @@
 
 Mint one in a view the client can reach with its own credentials, and hand it over::
 
-    from sse import tokens
+    from sse.security import tokens
 
     token = tokens.mint(["notifications", f"user.{request.user.pk}"], user=request.user, ttl=60)
     # the client opens /sse/?stream=notifications&stream=user.42&token=<token>
@@ -24,13 +24,13 @@ How it combines with ``SSE_AUTHORIZE``:
 - a token is checked when a connection opens: an open stream outlives its expiry,
   a reconnect after it expired gets 403;
 - a token naming a user who no longer exists or is inactive is refused (403), and
-  open streams it granted are closed then (sse.revocation).
+  open streams it granted are closed then (sse.security.revocation).
 
 An expired, forged or malformed token is a 403 with the reason, even for
 public streams: the client meant to use it and should know it failed.
 
 Only the literal query parameter ``token`` is read (no percent-encoded name),
-so that log masking (sse.logmask, deploy/nginx) catches every token.
+so that log masking (sse.ops.logmask, deploy/nginx) catches every token.
 """
 
 from collections.abc import Iterable

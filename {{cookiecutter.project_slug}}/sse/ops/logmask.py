@@ -1,4 +1,4 @@
-"""Keep tokens (``?token=…``, see sse.tokens) out of access logs, however they are spelled.
+"""Keep tokens (``?token=…``, see sse.security.tokens) out of access logs, however they are spelled.
 
 - Daphne's own access log (``daphne`` with verbosity 1, the default) writes the
   request line with its query string when a response ends: its writer is wrapped
@@ -14,7 +14,7 @@ import logging
 import re
 from typing import Any
 
-# Django reads only the literal "token" after "?" or "&" (sse.tokens), but a client may
+# Django reads only the literal "token" after "?" or "&" (sse.security.tokens), but a client may
 # still send one as ";token=", "%74oken=" or "%26token=": refused, and still a secret.
 # So any spelling of the name after any separator is masked, in any case.
 NAME = "".join(f"(?:{c}|%{ord(c):x})" for c in "token")

@@ -15,6 +15,8 @@ from http import HTTPStatus
 from io import BytesIO
 from typing import Any
 
+from channels.db import aclose_old_connections
+from channels.exceptions import StopConsumer
 from channels.generic.http import AsyncHttpConsumer
 from django.contrib.auth.middleware import AuthenticationMiddleware
 from django.contrib.sessions.middleware import SessionMiddleware
@@ -25,8 +27,9 @@ from django.http.multipartparser import MultiPartParserError
 from django.middleware.security import SecurityMiddleware
 from django.utils.log import log_response
 
-from sse.backpressure import guard
-from sse.stream import close_frames, plain, stream_response
+from sse.security.auth import may_have_used_database
+from sse.transports.daphne import guard
+from sse.transports.endpoint import close_frames, plain, stream_response
 
 
 def no_response(request: HttpRequest) -> HttpResponse:
@@ -60,7 +63,7 @@ def refusal(request: HttpRequest, exc: Exception) -> HttpResponse | None:
 
 class SSEConsumer(AsyncHttpConsumer):
     # No channel-layer channel per connection: the hub reads the layer once per
-    # process (sse.layer). An alias with no layer makes AsyncConsumer skip its own.
+    # process (sse.backends.channel_layer). An alias with no layer makes AsyncConsumer skip its own.
     channel_layer_alias = None
     task: asyncio.Task[None] | None = None
 
@@ -76,6 +79,10 @@ class SSEConsumer(AsyncHttpConsumer):
             response = refusal(request, exc)
             if response is None:
                 raise
+        if may_have_used_database(request):
+            # What Django does after a request, for the connection the session or
+            # policy opened in its one sync thread (see dispatch).
+            await aclose_old_connections()
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.items()]
         await self.send_headers(status=response.status_code, headers=headers)
         if response.streaming:
@@ -94,7 +101,7 @@ class SSEConsumer(AsyncHttpConsumer):
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         try:
-            scope["sse.send"] = send  # Daphne's own, for sse.backpressure.direct_writer
+            scope["sse.send"] = send  # Daphne's own, for sse.transports.daphne.direct_writer
             await super().__call__(scope, receive, guard(send))
         finally:
             # On shutdown Daphne cancels the consumer, not its tasks.
@@ -111,11 +118,17 @@ class SSEConsumer(AsyncHttpConsumer):
             response.close()
 
     async def dispatch(self, message: dict) -> None:
-        if message["type"] == "http.disconnect":
-            # AsyncConsumer.dispatch would first hop to Django's one sync thread to
-            # close old database connections; this handler uses no database, and
-            # 10,000 clients leaving at once would queue there for seconds.
-            await self.http_disconnect(message)
+        # AsyncConsumer.dispatch (for every message) and, since Channels 4.2,
+        # AsyncHttpConsumer.http_disconnect each hop to Django's one sync thread to
+        # close old database connections: two hand-offs per stream, the largest part
+        # of opening one, and 10,000 clients leaving at once queue there for seconds.
+        # A stream needs the database only when it reads a session or runs a custom
+        # policy, and http_request closes connections after that.
+        if message["type"] == "http.request":
+            await self.http_request(message)
+        elif message["type"] == "http.disconnect":
+            await self.disconnect()
+            raise StopConsumer
         else:
             await super().dispatch(message)
 

@@ -4,7 +4,7 @@
 from one of them gets ``Access-Control-Allow-Origin: <that origin>`` with
 ``Access-Control-Allow-Credentials: true``, so ``new EventSource(url,
 {withCredentials: true})`` sends its cookies. Never ``*``: with credentials it
-would let any site read a signed-in user's streams (sse.checks rejects it).
+would let any site read a signed-in user's streams (sse.ops.checks rejects it).
 
 A request with an ``Origin`` that is neither listed nor this site's own gets a
 403 and no stream. No ``Origin`` (same-origin GET, curl, servers) is not a

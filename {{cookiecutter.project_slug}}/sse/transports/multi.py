@@ -13,8 +13,7 @@ shares.
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 
-from sse import access
-from sse.broker import Entry
+from sse.backends import Entry
 from sse.encoding import (
     RESET_EVENT,
     EventKey,
@@ -27,6 +26,7 @@ from sse.encoding import (
     writes,
 )
 from sse.hub import PING, ZERO, Hub, Subscription
+from sse.security import access
 
 UNSET = object()
 

@@ -7,12 +7,11 @@ import weakref
 from collections import deque
 from typing import Any
 
-from sse.broker import Broker, Entry, prepare
+from sse.backends.base import Broker, Entry, Feed, Sink, prepare
 from sse.conf import setting
 from sse.encoding import (
     parse_id,
 )
-from sse.hub import Feed, Hub, NullFeed
 
 
 class Log:
@@ -46,14 +45,29 @@ def size(entry: Entry) -> int:
     return len(entry[1].encode()) + len(entry[2].encode())
 
 
+class NullFeed:
+    """Memory mode: publish() hands events to the hubs directly."""
+
+    def __init__(self, hub: Sink) -> None:
+        pass
+
+    async def watch(self, stream: str) -> None:
+        pass
+
+    async def unwatch(self, stream: str) -> None:
+        pass
+
+
 class MemoryBroker(Broker):
     """One process, no Redis: a ring buffer per stream, ids in Redis' format."""
+
+    name = "memory"
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._logs: dict[str, Log] = {}
         self._last = (0, 0)
-        self.hubs: weakref.WeakSet[Hub] = weakref.WeakSet()
+        self.hubs: weakref.WeakSet[Sink] = weakref.WeakSet()
 
     def publish(self, stream: str, event: str, data: Any, text: str | None = None) -> str:
         stream, event, payload = prepare(stream, event, data, text)
@@ -115,14 +129,12 @@ class MemoryBroker(Broker):
             return list(itertools.islice(entries, max(0, len(entries) - count), None))
 
     def publish_control(self, message: str) -> None:
-        from sse import revocation
-
         for hub in list(self.hubs):
             try:
-                hub.loop.call_soon_threadsafe(revocation.received, hub, message)
+                hub.loop.call_soon_threadsafe(hub.control, message)
             except RuntimeError:  # that loop is closed
                 self.hubs.discard(hub)
 
-    def feed(self, hub: Hub) -> Feed:
+    def feed(self, hub: Sink) -> Feed:
         self.hubs.add(hub)
         return NullFeed(hub)

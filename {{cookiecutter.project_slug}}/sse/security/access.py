@@ -9,13 +9,13 @@ reason=client-gone
 
 ``reason`` is ``client-gone``, ``slow-client`` (closed for falling behind: it
 reconnects and replays), ``revoked`` (its reader may no longer read it: see
-sse.revocation), ``server-shutdown``, ``server-closed`` or ``error`` (an error
+sse.security.revocation), ``server-shutdown``, ``server-closed`` or ``error`` (an error
 ended the stream, logged on the ``sse`` logger: the client reconnects and
 replays). Built only from the stream name, the peer address and the user's
 id: never the query string (which may carry a token), headers, cookies or
 session ids.
 
-The same records feed the counters of :mod:`sse.metrics`.
+The same records feed the counters of :mod:`sse.ops.metrics`.
 """
 
 import contextvars
@@ -26,8 +26,8 @@ from typing import Any
 
 from django.http import HttpRequest
 
-from sse import metrics
-from sse.broker import BrokerUnavailable
+from sse.backends import BrokerUnavailable
+from sse.ops import metrics
 
 log = logging.getLogger("sse.access")
 errors = logging.getLogger("sse")
@@ -35,7 +35,7 @@ errors = logging.getLogger("sse")
 # client reaching Daphne directly controls: anything but an address is not logged.
 ADDRESS = re.compile(r"[0-9A-Fa-f.:\[\]]{1,64}")
 
-# What the server side knows about this ASGI connection (see sse.backpressure.guard).
+# What the server side knows about this ASGI connection (see sse.transports.daphne.guard).
 _peer: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("sse_peer")
 
 
@@ -143,7 +143,7 @@ def cancelled_reason() -> str:
 
 async def record(request: HttpRequest, stream: str, last_id: str | None) -> Record:
     """What the lines of a stream about to be served will say (looked up before subscribing)."""
-    from sse.auth import get_user  # needs the app registry: not at import time (config.asgi)
+    from sse.security.auth import get_user  # needs the app registry: not at import time (config.asgi)
 
     user = await get_user(request)
     return Record(request, stream, last_id, user.pk if user.is_authenticated else None)

@@ -13,10 +13,7 @@ from collections.abc import AsyncIterator
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils.cache import patch_vary_headers
 
-from sse import access, cors, revocation, tokens
-from sse.auth import authorize, get_user, is_public
-from sse.backpressure import Writer, direct_writer
-from sse.broker import BrokerUnavailable, get_hub
+from sse.backends import BrokerUnavailable
 from sse.conf import setting
 from sse.encoding import (
     RESET_EVENT,
@@ -29,8 +26,11 @@ from sse.encoding import (
     validate_stream,
     writes,
 )
-from sse.hub import PING, ZERO, Hub, Subscription
-from sse.multi import MultiConnection
+from sse.hub import PING, ZERO, Hub, Subscription, get_hub
+from sse.security import access, cors, revocation, tokens
+from sse.security.auth import authorize, get_user, is_public
+from sse.transports.daphne import Writer, direct_writer
+from sse.transports.multi import MultiConnection
 
 
 def plain(status: int, message: str, **headers: str) -> HttpResponse:
@@ -93,7 +93,7 @@ async def open_streams(request: HttpRequest, stream: str | None) -> HttpResponse
         granted, token_user = await tokens.agranted(tokens.from_request(request), streams)
     except tokens.TokenError as exc:
         return plain(exc.status, f"token: {exc}")
-    by_policy = []  # allowed now, re-checked while open (sse.revocation); public ones never
+    by_policy = []  # allowed now, re-checked while open (sse.security.revocation); public ones never
     for name in streams:
         if name in granted:
             continue

@@ -8,6 +8,7 @@ from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
+from sse.backends import Broker
 from sse.conf import setting
 
 ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?")
@@ -42,7 +43,7 @@ def cors_origins(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
 @checks.register("sse")
 def authorize_policy(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     # Imported here, not at the first stream: a typo would make every stream a 500.
-    path = setting("SSE_AUTHORIZE", "sse.auth.default_policy")
+    path = setting("SSE_AUTHORIZE", "sse.security.auth.default_policy")
     try:
         policy = import_string(path)
     except Exception as exc:  # ImportError, or whatever the policy's module raises on import
@@ -54,6 +55,21 @@ def authorize_policy(app_configs: Any = None, **kwargs: Any) -> list[checks.Chec
                 id="sse.E011",
             )
         ]
+    return []
+
+
+@checks.register("sse")
+def broker_backend(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    # Imported here, not at the first publish: a typo would make every publish and stream fail.
+    path = setting("SSE_BROKER", None)
+    if not path:
+        return []  # chosen from REDIS_URL / REDIS_SENTINELS
+    try:
+        backend = import_string(path)
+    except Exception as exc:
+        return [checks.Error(f"SSE_BROKER = {path!r} cannot be imported: {exc}", id="sse.E012")]
+    if not (isinstance(backend, type) and issubclass(backend, Broker)):
+        return [checks.Error(f"SSE_BROKER = {path!r} is not a subclass of sse.backends.Broker", id="sse.E013")]
     return []
 
 

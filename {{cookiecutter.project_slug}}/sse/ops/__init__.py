@@ -1,0 +1,1 @@
+"""Running it: health probe, metrics, startup, system checks, log masking, memory tuning."""

@@ -1,0 +1,119 @@
+"""Django's own middleware on the stream path without a thread hop per hook (async_view mode).
+
+Django runs every ``MiddlewareMixin`` hook of an async request through
+``sync_to_async(thread_sensitive=True)``: with the default stack that is a dozen
+hand-offs to one shared thread per stream opened, and the GIL hand-off between that
+thread and the event loop made opening streams about ten times slower than the
+request itself. The hooks of the Django middleware listed here do no I/O on a
+stream request (they read headers and settings, and set lazy objects), so they run
+inline; where one could touch the database (a session to save, the CSRF secret kept
+in the session) it still goes to the thread. Any other middleware, subclasses
+included, runs exactly as Django runs it.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.handlers.asgi import ASGIHandler
+from django.http import HttpRequest, HttpResponseBase
+
+
+def _session_response_is_pure(request: HttpRequest) -> bool:
+    # SessionMiddleware saves only a modified session (or every one, if asked to).
+    session = getattr(request, "session", None)
+    return not settings.SESSION_SAVE_EVERY_REQUEST and not getattr(session, "modified", False)
+
+
+def _always(request: HttpRequest) -> bool:
+    return True
+
+
+def _csrf_not_in_session(request: HttpRequest) -> bool:
+    return not settings.CSRF_USE_SESSIONS  # else reading the secret loads the session
+
+
+# Exact classes (a subclass may add I/O): which hooks may run inline, and when.
+INLINE: dict[str, dict[str, Callable[[HttpRequest], bool]]] = {
+    "django.middleware.security.SecurityMiddleware": {"process_request": _always, "process_response": _always},
+    "django.middleware.common.CommonMiddleware": {"process_request": _always, "process_response": _always},
+    "django.middleware.clickjacking.XFrameOptionsMiddleware": {"process_response": _always},
+    "django.middleware.csrf.CsrfViewMiddleware": {
+        "process_request": _csrf_not_in_session,
+        "process_view": _csrf_not_in_session,
+        "process_response": _csrf_not_in_session,
+    },
+    "django.contrib.sessions.middleware.SessionMiddleware": {
+        "process_request": _always,  # the store loads lazily, on first access
+        "process_response": _session_response_is_pure,
+    },
+    "django.contrib.auth.middleware.AuthenticationMiddleware": {"process_request": _always},  # a lazy user
+    "django.contrib.messages.middleware.MessageMiddleware": {
+        "process_request": _always,
+        "process_response": _session_response_is_pure,  # messages may go to the session
+    },
+}
+
+
+def _rules(instance: object) -> dict[str, Callable[[HttpRequest], bool]] | None:
+    cls = type(instance)
+    return INLINE.get(f"{cls.__module__}.{cls.__qualname__}")
+
+
+async def _call_hook(rules: dict, name: str, hook: Callable, request: HttpRequest, *args: Any) -> Any:
+    allowed = rules.get(name)
+    if allowed is not None and allowed(request):
+        return hook(request, *args)
+    return await sync_to_async(hook, thread_sensitive=True)(request, *args)
+
+
+async def _acall(self: Any, request: HttpRequest) -> HttpResponseBase:
+    # MiddlewareMixin.__acall__, with each hook inline where its rule allows.
+    rules = _rules(self)
+    response = None
+    if hasattr(self, "process_request"):
+        response = await _call_hook(rules, "process_request", self.process_request, request)
+    response = response or await self.get_response(request)
+    if hasattr(self, "process_response"):
+        response = await _call_hook(rules, "process_response", self.process_response, request, response)
+    return response
+
+
+class StreamHandler(ASGIHandler):
+    """Django's ASGI handler with the listed middleware hooks inline; the rest unchanged."""
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        super().load_middleware(is_async)
+        if not is_async:
+            return
+        # Django builds the chain as convert_exception_to_response(instance), each
+        # wrapper keeping its instance in __wrapped__ and the instance the next
+        # wrapper in get_response: follow it and give the listed ones an inline __acall__.
+        handler = self._middleware_chain
+        while (instance := getattr(handler, "__wrapped__", None)) is not None:
+            if _rules(instance) is not None and getattr(instance, "async_mode", False):
+                instance.__acall__ = types.MethodType(_acall, instance)
+            handler = getattr(instance, "get_response", None)
+
+    def adapt_method_mode(
+        self,
+        is_async: bool,
+        method: Callable,
+        method_is_async: bool | None = None,
+        debug: bool = False,
+        name: str | None = None,
+    ) -> Callable:
+        instance = getattr(method, "__self__", None)
+        rules = _rules(instance) if instance is not None else None
+        if is_async and rules is not None and getattr(method, "__name__", "") == "process_view":
+            hook = method
+
+            async def process_view(request: HttpRequest, *args: Any) -> Any:
+                return await _call_hook(rules, "process_view", hook, request, *args)
+
+            return process_view
+        return super().adapt_method_mode(is_async, method, method_is_async, debug, name)
