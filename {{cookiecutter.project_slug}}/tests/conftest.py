@@ -16,17 +16,25 @@ hypothesis_settings.register_profile("ci", deadline=None, derandomize=True)
 hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 REDIS_URL = os.environ.get("SSE_TEST_REDIS_URL")
+# Some nodes of a Redis Cluster (7+), host:port,host:port: the tests then run against it too.
+_nodes = os.environ.get("SSE_TEST_REDIS_CLUSTER_NODES", "")
+CLUSTER_NODES = [(host, int(port)) for host, _, port in (node.rpartition(":") for node in _nodes.split(",")) if host]
+requires_cluster = pytest.mark.skipif(
+    not CLUSTER_NODES, reason="set SSE_TEST_REDIS_CLUSTER_NODES to a Redis Cluster to test"
+)
 BACKENDS = [
     "memory",
     pytest.param("redis", marks=pytest.mark.skipif(not REDIS_URL, reason="set SSE_TEST_REDIS_URL to a Redis to test")),
+    pytest.param("cluster", marks=requires_cluster),
 ]
 
 
 @pytest.fixture(params=BACKENDS)
 async def backend(request, settings):
-    """Run the test against the in-memory broker and against a real Redis."""
+    """Run the test against the in-memory broker, a real Redis and a real Redis Cluster."""
     settings.SSE_KEY_PREFIX = f"test-{uuid.uuid4().hex[:8]}"
     settings.REDIS_URL = REDIS_URL if request.param == "redis" else None
+    settings.REDIS_CLUSTER_NODES = CLUSTER_NODES if request.param == "cluster" else []
     yield request.param
     # Each test has its own event loop: close what the hub opened on it.
     await hub.aclose()

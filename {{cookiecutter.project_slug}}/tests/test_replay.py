@@ -164,7 +164,7 @@ async def test_health_reports_streams_and_redis(backend, stream):
     assert response.status_code == 200
     body = response.json()
     assert body["streams"] >= 1 and body["status"] == "ok"
-    assert body["redis"] == ("ok" if backend == "redis" else None)
+    assert body["redis"] == (None if backend == "memory" else "ok")
 
 
 async def test_health_is_503_when_redis_is_down(settings):

@@ -1,9 +1,10 @@
 """The event broker of this process, chosen from the settings.
 
 ``SSE_BROKER`` names a backend class by dotted path. Unset, the environment
-decides: Redis when ``REDIS_URL`` or ``REDIS_SENTINELS`` is set, else memory
-(one process). This module imports only :mod:`sse.backends.base`: the backends
-build on it, so none of them can import back.
+decides: Redis Cluster when ``REDIS_CLUSTER_NODES`` is set, Redis when
+``REDIS_URL`` or ``REDIS_SENTINELS`` is, else memory (one process). This module
+imports only :mod:`sse.backends.base`: the backends build on it, so none of them
+can import back.
 """
 
 import threading
@@ -31,6 +32,7 @@ __all__ = [
 
 MEMORY = "sse.backends.memory.MemoryBroker"
 REDIS = "sse.backends.redis.RedisBroker"
+CLUSTER = "sse.backends.cluster.ClusterBroker"
 
 # Settings a broker reads once, when it is made; the others are read when used.
 BROKER_SETTINGS = {
@@ -50,6 +52,8 @@ def backend_path() -> str:
     """The dotted path of the backend class the settings choose."""
     if path := setting("SSE_BROKER", None):
         return path
+    if setting("REDIS_CLUSTER_NODES", []):
+        return CLUSTER
     return REDIS if setting("REDIS_URL", None) or setting("REDIS_SENTINELS", []) else MEMORY
 
 

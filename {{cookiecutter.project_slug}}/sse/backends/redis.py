@@ -115,6 +115,8 @@ class RedisBroker(Broker):
     """Redis Streams for the log, pub/sub (fed by the same Lua script) for live events."""
 
     name = "redis"
+    script = PUBLISH_SCRIPT
+    errors: tuple[type[Exception], ...] = (redis.RedisError,)  # what unavailable() turns into a 503
 
     def __init__(self, url: str | None = None, sentinels: list[tuple[str, int]] | None = None) -> None:
         # From the settings unless given: SSE_BROKER makes backends with no arguments.
@@ -210,23 +212,23 @@ class RedisBroker(Broker):
         keys, args = self._args(stream, event, data, text)
         client = self.client()
         try:
-            return client.register_script(PUBLISH_SCRIPT)(keys, args).decode()
-        except redis.RedisError as exc:
+            return client.register_script(self.script)(keys, args).decode()
+        except self.errors as exc:
             raise self.unavailable(exc) from None
 
     async def apublish(self, stream: str, event: str, data: Any, text: str | None = None) -> str:
         keys, args = self._args(stream, event, data, text)
         client = self.aclient()
         try:
-            return (await client.register_script(PUBLISH_SCRIPT)(keys, args)).decode()
-        except redis.RedisError as exc:
+            return (await client.register_script(self.script)(keys, args)).decode()
+        except self.errors as exc:
             raise self.unavailable(exc) from None
 
     async def areplay(self, stream: str, after: str, count: int) -> list[Entry] | None:
         if not after:
             try:
                 rows = await self.aclient().xrange(self.key(stream), min="-", count=count)
-            except redis.RedisError as exc:
+            except self.errors as exc:
                 raise self.unavailable(exc) from None
             raise_swallowed_cancel()
             return [self._entry(row) for row in rows]
@@ -235,7 +237,7 @@ class RedisBroker(Broker):
         try:
             # Inclusive range: the first entry proves `after` is still in the log.
             rows = await self.aclient().xrange(self.key(stream), min=base, count=count + 1)
-        except redis.RedisError as exc:
+        except self.errors as exc:
             raise self.unavailable(exc) from None
         raise_swallowed_cancel()
         if not rows or rows[0][0].decode() != base:
@@ -245,7 +247,7 @@ class RedisBroker(Broker):
     async def alast_id(self, stream: str) -> str | None:
         try:
             rows = await self.aclient().xrevrange(self.key(stream), count=1)
-        except redis.RedisError as exc:
+        except self.errors as exc:
             raise self.unavailable(exc) from None
         raise_swallowed_cancel()
         return rows[0][0].decode() if rows else None
@@ -253,7 +255,7 @@ class RedisBroker(Broker):
     async def arecent(self, stream: str, count: int) -> list[Entry]:
         try:
             rows = await self.aclient().xrevrange(self.key(stream), count=count)
-        except redis.RedisError as exc:
+        except self.errors as exc:
             raise self.unavailable(exc) from None
         raise_swallowed_cancel()
         return [self._entry(row) for row in reversed(rows)]
@@ -282,7 +284,7 @@ class RedisBroker(Broker):
     def publish_control(self, message: str) -> None:
         try:
             self.client().publish(self.control_channel, message)
-        except redis.RedisError as exc:
+        except self.errors as exc:
             raise self.unavailable(exc) from None
 
 
@@ -433,15 +435,22 @@ class RedisFeed:
         """Deliver what was logged while this process was not subscribed."""
         for channel in channels:
             stream = self.streams.get(channel)
-            last = self.hub.last.get(stream or "")
-            if stream is None or last is None:
-                continue
-            async for entries in self.broker.pages(stream, format_id(last)):
-                if entries is None:
-                    # The log moved past us: end these connections so that each client
-                    # reconnects and is told (reset event) instead of silently missing events.
-                    log.warning("sse: %s was trimmed past this process's position during an outage", stream)
-                    self.hub.close_stream(stream)
-                    break
-                for id, event, data in entries:
-                    self.hub.deliver(stream, id, event, data)
+            if stream and stream in self.hub.last:
+                await catch_up(self.broker, self.hub, stream)
+
+
+async def catch_up(broker: RedisBroker, hub: Sink, stream: str) -> None:
+    """Deliver to ``hub`` what ``stream``'s log holds after the last id the hub delivered.
+
+    With none delivered yet, the whole log: the caller knows that all of it is new here.
+    """
+    last = hub.last.get(stream)
+    async for entries in broker.pages(stream, format_id(last) if last is not None else ""):
+        if entries is None:
+            # The log moved past us: end these connections so that each client
+            # reconnects and is told (reset event) instead of silently missing events.
+            log.warning("sse: %s was trimmed past this process's position during an outage", stream)
+            hub.close_stream(stream)
+            break
+        for id, event, data in entries:
+            hub.deliver(stream, id, event, data)

@@ -1,15 +1,19 @@
 """System checks for the SSE settings (``manage.py check``, and at startup via config.asgi)."""
 
+import logging
 import re
 from fnmatch import fnmatchcase
 from typing import Any
 
+from django.apps import apps
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from sse.backends import Broker
 from sse.conf import setting
+
+log = logging.getLogger("sse")
 
 ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?")
 
@@ -63,7 +67,7 @@ def broker_backend(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     # Imported here, not at the first publish: a typo would make every publish and stream fail.
     path = setting("SSE_BROKER", None)
     if not path:
-        return []  # chosen from REDIS_URL / REDIS_SENTINELS
+        return []  # chosen from REDIS_CLUSTER_NODES / REDIS_URL / REDIS_SENTINELS
     try:
         backend = import_string(path)
     except Exception as exc:
@@ -128,8 +132,33 @@ def dotenv_in_production(app_configs: Any = None, **kwargs: Any) -> list[checks.
     ]
 
 
+@checks.register("sse")
+def channel_layer_with_cluster(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """channels-redis cannot use a Redis Cluster: the layer needs a single Redis of its own."""
+    if not apps.is_installed("channels") or not setting("REDIS_CLUSTER_NODES", []):
+        return []
+    if setting("CHANNEL_LAYER_REDIS_URL", None):
+        return []
+    return [
+        checks.Warning(
+            "REDIS_CLUSTER_NODES is set and CHANNEL_LAYER_REDIS_URL is not: channels-redis cannot use a Redis "
+            "Cluster, so plain channel_layer.group_send() messages reach no SSE client (publish() is not affected).",
+            hint="Set CHANNEL_LAYER_REDIS_URL to a single Redis for the channel layer, or publish with sse.publish().",
+            id="sse.W009",
+        )
+    ]
+
+
+# Warnings said at startup too (Daphne runs no system checks): a feature that is off.
+STARTUP_WARNINGS = {"sse.W009"}
+
+
 def fail_fast() -> None:
     """Refuse to serve with a broken SSE configuration: Daphne runs no system checks."""
-    errors = [message for message in checks.run_checks(tags=["sse"]) if message.is_serious()]
+    messages = checks.run_checks(tags=["sse"])
+    errors = [message for message in messages if message.is_serious()]
     if errors:
         raise ImproperlyConfigured("; ".join(f"{e.id}: {e.msg}" for e in errors))
+    for message in messages:
+        if message.id in STARTUP_WARNINGS:
+            log.warning("sse: %s: %s %s", message.id, message.msg, message.hint or "")

@@ -36,6 +36,8 @@ def describe_broker() -> str:
     """The broker in use, without a password."""
     if path := setting("SSE_BROKER", None):
         return path  # a backend of the project's own: its settings are its own
+    if nodes := setting("REDIS_CLUSTER_NODES", []):
+        return "redis-cluster:" + ",".join(f"{host}:{port}" for host, port in nodes)
     sentinels = setting("REDIS_SENTINELS", [])
     if sentinels:
         hosts = ",".join(f"{host}:{port}" for host, port in sentinels)

@@ -37,7 +37,7 @@ class Command(BaseCommand):
             raise CommandError(f"give only one of --data, --html and --template, not --{' and --'.join(given)}")
         if options["context"] is not None and options["template"] is None:
             raise CommandError("--context only goes with --template")
-        if not (getattr(settings, "REDIS_URL", None) or getattr(settings, "REDIS_SENTINELS", None)):
+        if not any(getattr(settings, name, None) for name in ("REDIS_URL", "REDIS_SENTINELS", "REDIS_CLUSTER_NODES")):
             # An in-memory event would only reach this short-lived process.
             raise CommandError(
                 "REDIS_URL is not set, so the servers keep events in their own memory and nothing "
