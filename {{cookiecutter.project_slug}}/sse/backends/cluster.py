@@ -20,7 +20,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 
 from sse.backends.base import BrokerUnavailable, Feed, Sink
-from sse.backends.redis import PUBLISH_SCRIPT, SUBSCRIBE_TIMEOUT, RedisBroker, catch_up, raise_swallowed_cancel
+from sse.backends.redis import PUBLISH_SCRIPT, RedisBroker, catch_up, raise_swallowed_cancel, wait_confirmed
 from sse.conf import setting
 
 log = logging.getLogger("sse")
@@ -291,11 +291,7 @@ class ClusterFeed:
             shard = await self.route(channel)
         if shard.error is not None:
             raise shard.error  # its primary is known to be down: answer now
-        try:
-            async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
-                await asyncio.shield(confirmed)
-        except TimeoutError:
-            raise self.broker.unavailable(TimeoutError("no SSUBSCRIBE confirmation")) from None
+        await wait_confirmed(self.broker, confirmed, "SSUBSCRIBE")
 
     async def unwatch(self, stream: str) -> None:
         channel = self.broker.key(stream).encode()

@@ -321,11 +321,7 @@ class RedisFeed:
                     pass  # run() notices, reconnects and subscribes again
         # Until Redis confirms, a PUBLISH could still miss us; replay comes after this.
         # run() fails this future at once when it cannot connect.
-        try:
-            async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
-                await asyncio.shield(confirmed)
-        except TimeoutError:
-            raise self.broker.unavailable(TimeoutError("no SUBSCRIBE confirmation")) from None
+        await wait_confirmed(self.broker, confirmed, "SUBSCRIBE")
 
     async def unwatch(self, stream: str) -> None:
         channel = self.broker.key(stream).encode()
@@ -437,6 +433,15 @@ class RedisFeed:
             stream = self.streams.get(channel)
             if stream and stream in self.hub.last:
                 await catch_up(self.broker, self.hub, stream)
+
+
+async def wait_confirmed(broker: RedisBroker, confirmed: "asyncio.Future[None]", command: str) -> None:
+    """Until the feed says Redis confirmed the subscription: a 503 after SUBSCRIBE_TIMEOUT."""
+    try:
+        async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
+            await asyncio.shield(confirmed)
+    except TimeoutError:
+        raise broker.unavailable(TimeoutError(f"no {command} confirmation")) from None
 
 
 async def catch_up(broker: RedisBroker, hub: Sink, stream: str) -> None:
