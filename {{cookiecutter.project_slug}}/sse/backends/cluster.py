@@ -285,13 +285,18 @@ class ClusterFeed:
             if channel in self.served and channel in self.where:
                 return  # live already (a stream that failed to start, opened again)
             self.streams[channel] = stream
-            confirmed = self.confirmed[channel] = self.hub.loop.create_future()
+            waits = [self.pending(channel)]
+            if self.broker.control_channel not in self.served:
+                waits.append(self.pending(self.broker.control_channel))
             if self.broker.control_channel not in self.where:
+                # With the first stream, as with one Redis: a revocation notice sent once
+                # that stream is open reaches this process, whichever shard has the channel.
                 await self.route(self.broker.control_channel)
             shard = await self.route(channel)
         if shard.error is not None:
             raise shard.error  # its primary is known to be down: answer now
-        await wait_confirmed(self.broker, confirmed, "SSUBSCRIBE")
+        for confirmed in waits:
+            await wait_confirmed(self.broker, confirmed, "SSUBSCRIBE")
 
     async def unwatch(self, stream: str) -> None:
         channel = self.broker.key(stream).encode()
@@ -384,6 +389,13 @@ class ClusterFeed:
             if future is not None and not future.done():
                 future.set_exception(shard.error)
                 future.exception()  # retrieved: a future nobody awaits logs nothing
+
+    def pending(self, channel: bytes) -> asyncio.Future[None]:
+        """The future :meth:`confirm` resolves for ``channel``: a new one unless one is pending."""
+        future = self.confirmed.get(channel)
+        if future is None or future.done():
+            future = self.confirmed[channel] = self.hub.loop.create_future()
+        return future
 
     def confirm(self, channel: bytes) -> None:
         self.served.add(channel)
