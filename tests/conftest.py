@@ -249,8 +249,8 @@ class RedisCluster:
 
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory) -> Iterator[RedisCluster]:
-    """Three primaries and three replicas, shared by the session (tests that kill or move
-    something leave it with three healthy primaries again)."""
+    """Three primaries and three replicas, shared by the session: for tests that leave its
+    nodes and slots as they found them."""
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
         pytest.fail("redis-server is not installed: run tests/run.sh, which installs it")
     cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))

@@ -2,7 +2,8 @@
 three replicas (tests/conftest.py), two Daphne processes, publishers in other processes.
 
 Each test uses its own key prefix; stream names alone decide the slots (the hash tag is
-the stream name), so the same names land on the same shards in every test.
+the stream name), so the same names land on the same shards in every test. The tests that
+kill, freeze or reshard get a cluster of their own.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 
 import pytest
 
@@ -99,6 +101,25 @@ class ClusterSetup:
 @pytest.fixture
 def cluster(project, redis_cluster, tmp_path):
     setup = ClusterSetup(project, redis_cluster, tmp_path)
+    yield setup
+    setup.stop()
+
+
+@pytest.fixture
+def own_cluster(tmp_path_factory) -> Iterator[RedisCluster]:
+    """A cluster of the test's own, for the tests that kill, freeze or reshard: whatever a node
+    that comes back leaves unsettled reaches no other test."""
+    cluster = RedisCluster(tmp_path_factory.mktemp("own-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def own(project, own_cluster, tmp_path):
+    setup = ClusterSetup(project, own_cluster, tmp_path)
     yield setup
     setup.stop()
 
@@ -198,83 +219,83 @@ def test_replay_of_streams_on_different_shards_with_a_composite_id(project, redi
     again.close()
 
 
-def test_killing_a_primary_while_events_flow_loses_and_duplicates_nothing(project, redis_cluster, cluster):
+def test_killing_a_primary_while_events_flow_loses_and_duplicates_nothing(project, own_cluster, own):
     streams = STREAMS[:30]
-    a, b = cluster.daphne(), cluster.daphne()
+    a, b = own.daphne(), own.daphne()
     clients = {s: [connect(a, s), connect(b, s)] for s in streams}
-    victim = shards(redis_cluster, streams).most_common(1)[0][0]
-    publishers = [cluster.publisher(streams[:15], 60, 0.05), cluster.publisher(streams[15:], 60, 0.05)]
+    victim = shards(own_cluster, streams).most_common(1)[0][0]
+    publishers = [own.publisher(streams[:15], 60, 0.05), own.publisher(streams[15:], 60, 0.05)]
     time.sleep(1.5)  # events flow
-    redis_cluster.kill(victim)
+    own_cluster.kill(victim)
     try:
         acked = {**published(publishers[0]), **published(publishers[1])}
-        redis_cluster.wait_ok()  # a replica took over
-        log = cluster.logs(streams)
+        own_cluster.wait_ok()  # a replica took over
+        log = own.logs(streams)
         for stream in streams:
             assert set(acked[stream]) <= set(log[stream]), "no acknowledged event was lost"
         wait_all(clients, log)
         # redis-py retries a publish through most of a failover; what it gives up on the publisher retries.
-        assert victim not in redis_cluster.primary_ports(), "a replica took over"
+        assert victim not in own_cluster.primary_ports(), "a replica took over"
         for daphne in (a, b):
             assert "paused" in daphne.output(), "the feed saw its connection to the primary go"
             status, body = health(daphne)
             assert status == 200 and body["redis"] == "ok", body
     finally:
-        redis_cluster.restart(victim)  # back, as a replica of the promoted one
-        redis_cluster.wait_ok()
+        own_cluster.restart(victim)  # back, as a replica of the promoted one
+        own_cluster.wait_ok()
     for conns in clients.values():
         for conn in conns:
             conn.close()
 
 
-def test_a_frozen_primary_is_left_for_its_replica_and_its_streams_catch_up(project, redis_cluster, cluster):
+def test_a_frozen_primary_is_left_for_its_replica_and_its_streams_catch_up(project, own_cluster, own):
     """A primary that stops answering without closing anything (SIGSTOP: a hung machine, a
     network partition): the cluster promotes its replica, and the processes still subscribed
     to the frozen one must notice by themselves, follow the slots and read what they missed."""
     streams = STREAMS[:12]
     # Reads that get no answer end after 5 s, not 30 (publishers: 3 s, then they retry).
-    a = cluster.daphne(SSE_REDIS_SOCKET_TIMEOUT="5")
+    a = own.daphne(SSE_REDIS_SOCKET_TIMEOUT="5")
     clients = {s: [connect(a, s)] for s in streams}
-    first = published(cluster.publisher(streams, 1))
-    victim = shards(redis_cluster, streams).most_common(1)[0][0]
-    redis_cluster.freeze(victim)
+    first = published(own.publisher(streams, 1))
+    victim = shards(own_cluster, streams).most_common(1)[0][0]
+    own_cluster.freeze(victim)
     try:
-        publisher = cluster.publisher(streams, 30, 0.1, SSE_REDIS_SOCKET_TIMEOUT="3")
+        publisher = own.publisher(streams, 30, 0.1, SSE_REDIS_SOCKET_TIMEOUT="3")
         acked = published(publisher, timeout=300)
-        redis_cluster.wait_ok()  # the others agree that its replica took over
-        log = cluster.logs(streams)
+        own_cluster.wait_ok()  # the others agree that its replica took over
+        log = own.logs(streams)
         assert {s: [i for i in ids if i not in first[s]] for s, ids in log.items()} == acked
         wait_all(clients, log, timeout=90)
         assert "; following it" in a.output() or "resumed" in a.output(), a.output()[-3000:]
     finally:
-        redis_cluster.thaw(victim)  # it finds itself a replica of the promoted one
-        redis_cluster.wait_ok()
+        own_cluster.thaw(victim)  # it finds itself a replica of the promoted one
+        own_cluster.wait_ok()
     for conns in clients.values():
         for conn in conns:
             conn.close()
 
 
-def test_moving_a_slot_with_live_streams_loses_and_duplicates_nothing(project, redis_cluster, cluster):
+def test_moving_a_slot_with_live_streams_loses_and_duplicates_nothing(project, own_cluster, own):
     streams = STREAMS[:12]
-    a, b = cluster.daphne(), cluster.daphne()
+    a, b = own.daphne(), own.daphne()
     clients = {s: [connect(a, s), connect(b, s)] for s in streams}
     moving = streams[0]
-    slot = redis_cluster.slot(moving)
-    source = redis_cluster.primary_of_slot(slot)
-    target = next(p for p in redis_cluster.primary_ports() if p != source)
+    slot = own_cluster.slot(moving)
+    source = own_cluster.primary_of_slot(slot)
+    target = next(p for p in own_cluster.primary_ports() if p != source)
     # A first event each: the slot then has the streams' keys to move. (A stream with no key
     # yet cannot be published to while its slot migrates: Redis answers TRYAGAIN.)
-    first = published(cluster.publisher(streams, 1))
-    publisher = cluster.publisher(streams, 60, 0.03)
+    first = published(own.publisher(streams, 1))
+    publisher = own.publisher(streams, 60, 0.03)
     time.sleep(1.0)
     # While the keys are on the target and the slot not yet handed over, publishes follow
     # ASK redirections to the target, and the subscriptions are still on the source: these
     # events reach the processes only from the log, once they follow the slot.
     in_window = {}
-    redis_cluster.migrate_slot(slot, target, during=lambda: in_window.update(published(cluster.publisher([moving], 3))))
+    own_cluster.migrate_slot(slot, target, during=lambda: in_window.update(published(own.publisher([moving], 3))))
     acked = published(publisher)
-    assert redis_cluster.primary_of_slot(slot) == target
-    log = cluster.logs(streams)
+    assert own_cluster.primary_of_slot(slot) == target
+    log = own.logs(streams)
     assert set(in_window[moving]) <= set(log[moving])
     wait_all(clients, log)
     for daphne in (a, b):
