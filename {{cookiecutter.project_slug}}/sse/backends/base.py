@@ -24,6 +24,9 @@ from sse.encoding import (
 
 Entry = tuple[str, str, str]  # id, event name, data as sent (JSON text, or the text= payload)
 REPLAY_PAGE = 500  # entries per Redis round trip, at most
+# A reconnect storm can keep the event loop busy past Redis's connect timeout: a page read that
+# fails is tried again (reads are idempotent) before the streams waiting for it end with an error.
+REPLAY_RETRIES = (0.25, 0.5)
 
 
 class BrokerUnavailable(RuntimeError):
@@ -130,7 +133,14 @@ class Broker:
         shared = self.__dict__.setdefault("_shared_reads", SharedReads())
         while True:
             read = functools.partial(self.areplay, stream, cursor, count)
-            entries = await shared.read((stream, cursor, count), read)
+            for pause in (*REPLAY_RETRIES, None):
+                try:
+                    entries = await shared.read((stream, cursor, count), read)
+                    break
+                except BrokerUnavailable:
+                    if pause is None:
+                        raise
+                    await asyncio.sleep(pause)
             if entries is None:
                 yield None
                 return
