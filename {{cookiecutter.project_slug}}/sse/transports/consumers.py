@@ -102,7 +102,18 @@ class SSEConsumer(AsyncHttpConsumer):
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         try:
             scope["sse.send"] = send  # Daphne's own, for sse.transports.daphne.direct_writer
-            await super().__call__(scope, receive, guard(send))
+            if self.channel_layer_alias is not None:  # a subclass that wants a channel of its own
+                await super().__call__(scope, receive, guard(send))
+                return
+            # AsyncConsumer.__call__ without a channel layer: it would wrap every
+            # receive in a task and an asyncio.wait, about 2 KB for as long as the
+            # stream is open. One message at a time, in order, as there.
+            self.scope, self.channel_layer, self.base_send = scope, None, guard(send)
+            try:
+                while True:
+                    await self.dispatch(await receive())
+            except StopConsumer:
+                pass
         finally:
             # On shutdown Daphne cancels the consumer, not its tasks.
             if self.task is not None:
