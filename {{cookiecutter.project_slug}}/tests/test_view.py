@@ -1,6 +1,7 @@
 """async_view mode: the endpoint as Django serves it, middleware included."""
 
 import asyncio
+import gc
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
@@ -9,6 +10,7 @@ import pytest
 from asgiref.sync import SyncToAsync, sync_to_async
 from asgiref.testing import ApplicationCommunicator
 from django.contrib.auth.models import User
+from django.core.handlers.asgi import ASGIRequest
 from django.core.signals import request_finished
 from django.http import HttpRequest
 from django.test import AsyncClient
@@ -225,6 +227,9 @@ async def test_an_open_stream_holds_two_tasks_and_ends_as_django_ends_a_request(
         more = [await open_stream() for _ in range(3)]
         assert (len(asyncio.all_tasks()) - before) / len(more) == 2
         assert get_hub().open == 4
+        # Nor does it keep its request (META, session, body file) while it is open.
+        gc.collect()
+        assert not [obj for obj in gc.get_objects() if isinstance(obj, ASGIRequest)]
         # A client that leaves: the application returns, the response is closed (request_finished).
         await first.send_input({"type": "http.disconnect"})
         await first.wait(5)

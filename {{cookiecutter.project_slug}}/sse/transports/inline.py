@@ -137,8 +137,12 @@ class StreamHandler(ASGIHandler):
         response = None
         try:
             response = await self.run_get_response(request)
-            # Nothing reads the request once its response exists: a stream need
-            # not keep it (its META, headers, body file) for hours.
+            if response.streaming and request.close in response._resource_closers:
+                # Django closes the request (its uploaded files) with the response,
+                # which keeps it (META, session, messages, body file: some 7 KB)
+                # for as long as a stream is open. An event stream reads no upload.
+                response._resource_closers.remove(request.close)
+                request.close()
             del request
             body_file.close()
             await self.send_response(response, send)
