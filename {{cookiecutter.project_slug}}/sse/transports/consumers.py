@@ -24,6 +24,7 @@ from django.core.exceptions import BadRequest, PermissionDenied, SuspiciousOpera
 from django.core.handlers.asgi import ASGIRequest
 from django.http import Http404, HttpRequest, HttpResponse
 from django.http.multipartparser import MultiPartParserError
+from django.http.response import ResponseHeaders
 from django.middleware.security import SecurityMiddleware
 from django.utils.log import log_response
 
@@ -86,6 +87,8 @@ class SSEConsumer(AsyncHttpConsumer):
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.items()]
         await self.send_headers(status=response.status_code, headers=headers)
         if response.streaming:
+            # The head is sent: the response stays, for hours, only to be closed.
+            response.headers = ResponseHeaders({})
             self.task = asyncio.create_task(self.pump(response))
         else:
             await self.send_body(response.content)
