@@ -1,5 +1,7 @@
 """Startup: the settings checks Daphne also runs, the Twisted probe, and /health/ for probes."""
 
+import contextvars
+import functools
 import logging
 from types import SimpleNamespace
 
@@ -124,12 +126,15 @@ def test_a_daphne_send_that_leads_nowhere_is_reported_once(monkeypatch, caplog):
     async def send(message: dict) -> None:
         pass
 
+    # guard() binds the connection in its context (sse.security.access): a context of
+    # its own, as each connection has, not the one later tests inherit.
+    guard = functools.partial(contextvars.Context().run, daphne.guard)
     with caplog.at_level(logging.WARNING, logger="sse"):
-        daphne.guard(send)  # another server's send: nothing to say
+        guard(send)  # another server's send: nothing to say
         assert not caplog.records
         send.__module__ = "daphne.server"  # as a future Daphne's might look
         for _ in range(3):
-            assert daphne.guard(send) is send
+            assert guard(send) is send
     assert len(caplog.records) == 1 and "Daphne's ASGI send" in caplog.records[0].getMessage()
 
 
