@@ -31,7 +31,13 @@ def seconds(ms) -> str:
 
 
 def errors_text(errors: dict) -> str:
-    return ", ".join(f"{k} {v}" for k, v in sorted(errors.items())) or "none"
+    return ", ".join(f"{k} {v}" for k, v in sorted(errors.items()) if v) or "none"
+
+
+def storm_errors(result: dict) -> dict:
+    """The storm's failed connects: a load generator's error counts run from its start."""
+    before = result["open"]["errors"]
+    return {k: v - before.get(k, 0) for k, v in result["storm"]["open"]["errors"].items()}
 
 
 def rows(data: dict) -> list[tuple[str, list[str]]]:
@@ -126,7 +132,7 @@ def rows(data: dict) -> list[tuple[str, list[str]]]:
                 )
             ),
         ),
-        ("storm: errors by kind (each run)", per_run(lambda r: errors_text(r["storm"]["open"]["errors"]))),
+        ("storm: errors by kind (each run)", per_run(lambda r: errors_text(storm_errors(r)))),
         ("nginx error log (each run)", per_run(lambda r: errors_text(r.get("nginx_errors", {})))),
         ("server tracebacks (each run)", per_run(lambda r: str(len(r.get("server_problems", []))))),
     ]

@@ -125,7 +125,8 @@ class Worker:
             assert self.gen is not None
             phase = loadgen.Phase(msg["tag"], msg["n"], [])
             phase.expect = len(self.last_ids)
-            phase.all_done.clear()
+            if msg["n"]:  # with nothing to replay (the ceiling) there is nothing to wait for
+                phase.all_done.clear()
             self.phase = phase
             self.gen.join_phase = phase  # every new client joins it, failed ones count as lost
             self.attempted = self.opened = self.failed = 0

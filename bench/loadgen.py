@@ -169,7 +169,8 @@ class Phase:
     def add(self, client: Client) -> None:
         self.clients.append(client)
         client.start_phase(self)
-        self.all_done.clear()
+        if self.n:  # a phase of no events is done whoever joins
+            self.all_done.clear()
 
     async def wait(self, timeout: float) -> bool:
         """Until every client has every event, or ``timeout`` seconds; True if all arrived."""

@@ -203,6 +203,7 @@ def test_capacity_smoke(project, tmp_path) -> None:
         assert seen["duplicated"] == seen["out_of_order"] == seen["stray"] == 0, (phase, seen)
         assert seen["ms_to"]["100%"] is not None
     assert result["storm"]["open"]["errors"] == {} and result["storm_dropped"]["without_id"] == 0
+    assert result["storm"]["all_complete"], result["storm"]
     assert result["nginx_errors"] == {} and result["server_problems"] == []
     assert result["rss_per_stream_kb"]["daphne"] > 0 and result["idle_cpu"]["core_busy_pct"]
     # 30 streams per loopback address: the site's limit_conn (32) stayed in force and was not hit.

@@ -33,7 +33,6 @@ startup.announce("channels")
 {%- else -%}
 """ASGI entry point: Django alone; ``/sse/<stream>/`` and ``/sse/?stream=…`` are async views."""
 
-import asyncio
 import os
 
 import django
@@ -59,31 +58,12 @@ class Handler(ASGIHandler):
         # own thread for sync middleware until the request ends. A stream lasts
         # hours: 2,000 streams would hold 2,000 idle threads. Without the context
         # the same middleware runs on one shared thread.
-        # A plain future, not an Event and a task per receive: this lives as long
-        # as the stream, and there may be 10,000 of those.
-        stopping = asyncio.get_running_loop().create_future()
-
-        async def receive_or_stop() -> dict:
-            # On shutdown Daphne cancels the application; Django's handle() is not
-            # written for that and would orphan its tasks. A disconnect it does handle.
-            message = asyncio.ensure_future(receive())
-            try:
-                await asyncio.wait({message, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            finally:  # also when Django cancels us: a pending task left behind logs an error
-                message.cancel()
-            return message.result() if message.done() and not message.cancelled() else {"type": "http.disconnect"}
-
         scope["sse.send"] = send  # Daphne's own, for sse.transports.daphne.direct_writer
-        handler = asyncio.ensure_future(self.streams.handle(scope, receive_or_stop, guard(send)))
         try:
-            await asyncio.shield(handler)
-        except asyncio.CancelledError:
-            stopping.set_result(None)
-            await asyncio.wait({handler}, timeout=5)
-            raise
+            # On shutdown Daphne cancels this task: the handler treats that as a disconnect.
+            await self.streams.handle(scope, receive, guard(send))
         finally:
-            if handler.done():  # else the stream is still running: not ours to close
-                await close_frames(scope)
+            await close_frames(scope)
 
 
 django.setup(set_prefix=False)

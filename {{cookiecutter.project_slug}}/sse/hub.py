@@ -178,8 +178,10 @@ class Hub:
     async def ready(self, sub: Subscription) -> Subscription:
         """Once live events of ``sub``'s stream reach this process (unsubscribed on failure)."""
         stream = sub.stream
+        ready = self._ready.get(stream)
+        if ready is not None and ready.done() and not ready.cancelled() and ready.exception() is None:
+            return sub  # the stream is live here already: no future to wait on
         try:
-            ready = self._ready.get(stream)
             if ready is None:
                 ready = self._ready[stream] = asyncio.ensure_future(self._start(stream))
             await asyncio.shield(ready)

@@ -1,10 +1,12 @@
 import asyncio
 import threading
+import time
 
 import pytest
 
 from sse import apublish, hub, publish
 from sse.backends import get_broker
+from sse.backends.base import within
 from sse.backends.memory import MemoryBroker
 from sse.encoding import InvalidEvent, dumps, parse_id
 from sse.hub import get_hub
@@ -133,3 +135,24 @@ async def test_a_client_too_far_behind_is_closed(backend, stream, settings):
         await asyncio.sleep(0.01)
     assert sub.dropped
     assert sub.take() == [], "what was queued is dropped: the client replays it"
+
+
+async def test_within_does_not_count_the_loops_own_delays():
+    # A burst of requests can keep the loop busy for seconds: an answer that came in time
+    # but was noticed late is not a timeout; on an idle loop the timeout is as given.
+    loop = asyncio.get_running_loop()
+
+    def busy() -> None:  # the loop's thread blocked, as by thousands of ready callbacks
+        time.sleep(0.3)
+        if loop.time() < until:
+            loop.call_soon(busy)
+
+    until = loop.time() + 1.5
+    loop.call_soon(busy)
+    started = time.monotonic()
+    assert await within(asyncio.sleep(1.2, result="answer"), 0.8) == "answer"
+    assert time.monotonic() - started >= 1.2
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await within(asyncio.Event().wait(), 0.5)
+    assert 0.4 < time.monotonic() - started < 1.5

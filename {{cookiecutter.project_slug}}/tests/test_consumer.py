@@ -201,3 +201,22 @@ async def test_a_busy_sync_thread_does_not_hold_up_public_streams(backend, strea
     finally:
         release.set()
         await busy
+
+
+async def test_an_open_stream_holds_two_tasks_and_still_ends_on_disconnect(backend, stream):
+    # Its own and the pump: Channels' await_many_dispatch would add a task per
+    # receive and an asyncio.wait, held for as long as the stream is open.
+    async def open_stream():
+        comm, start_msg, _ = await start(f"/sse/{stream}/")
+        assert start_msg["status"] == 200
+        assert (await body(comm)).startswith(b"retry: ")
+        return comm
+
+    first = await open_stream()
+    before = len(asyncio.all_tasks())
+    more = [await open_stream() for _ in range(3)]
+    assert (len(asyncio.all_tasks()) - before) / len(more) == 2
+    for comm in [first, *more]:
+        await comm.send_input({"type": "http.disconnect"})
+        await comm.wait(5)
+    assert not get_hub().subscribers[stream]

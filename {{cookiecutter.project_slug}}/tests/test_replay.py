@@ -288,3 +288,21 @@ async def test_a_failed_shared_read_fails_each_caller():
     shared = SharedReads()
     results = await asyncio.gather(*(shared.read("k", read) for _ in range(3)), return_exceptions=True)
     assert [type(r) for r in results] == [BrokerUnavailable] * 3
+
+
+async def test_a_page_read_that_fails_once_is_tried_again(backend, stream, monkeypatch):
+    # A reconnect storm can starve the loop past Redis's connect timeout: one failed read
+    # must not end every stream that shares it.
+    ids = [await apublish(stream, "n", {"i": i}) for i in range(5)]
+    broker = get_broker()
+    real, calls = broker.areplay, []
+
+    async def flaky(*args):
+        calls.append(args)
+        if len(calls) == 1:
+            raise BrokerUnavailable("Redis at x is unavailable: Timeout connecting to server")
+        return await real(*args)
+
+    monkeypatch.setattr(broker, "areplay", flaky)
+    got = [entry[0] async for page in broker.pages(stream, ids[0]) for entry in page]
+    assert got == ids[1:] and len(calls) > 1

@@ -1,5 +1,7 @@
 """Startup: the settings checks Daphne also runs, the Twisted probe, and /health/ for probes."""
 
+import contextvars
+import functools
 import logging
 from types import SimpleNamespace
 
@@ -95,18 +97,44 @@ def test_the_twisted_probe_is_silent_when_everything_is_there(monkeypatch, caplo
     assert not caplog.records
 
 
+def test_twisted_lets_go_of_a_response_head_once_it_is_written():
+    # Twisted's own Request on its test channel: the head goes out whole with the
+    # first body chunk, then the stream need not keep it for hours.
+    from twisted.web.http import Request
+    from twisted.web.test.requesthelper import DummyChannel
+
+    channel = DummyChannel()
+    request = Request(channel)
+    request.clientproto = b"HTTP/1.1"
+    request.setResponseCode(200)
+    request.responseHeaders.addRawHeader(b"Content-Type", b"text/event-stream")
+    request.responseHeaders.addRawHeader(b"X-Accel-Buffering", b"no")
+    daphne.forget_head(request)  # nothing written yet: the head must stay
+    assert request.responseHeaders.hasHeader(b"X-Accel-Buffering")
+    request.write(b"retry: 3000\n\n")
+    daphne.forget_head(request)
+    assert not list(request.responseHeaders.getAllRawHeaders())
+    wire = channel.transport.written.getvalue()
+    assert b"Content-Type: text/event-stream" in wire and b"X-Accel-Buffering: no" in wire
+    request.write(b": ping\n\n")  # the stream goes on, chunked as before
+    assert channel.transport.written.getvalue().endswith(b"8\r\n: ping\n\n\r\n")
+
+
 def test_a_daphne_send_that_leads_nowhere_is_reported_once(monkeypatch, caplog):
     monkeypatch.setattr(daphne, "_unreachable_warned", False)
 
     async def send(message: dict) -> None:
         pass
 
+    # guard() binds the connection in its context (sse.security.access): a context of
+    # its own, as each connection has, not the one later tests inherit.
+    guard = functools.partial(contextvars.Context().run, daphne.guard)
     with caplog.at_level(logging.WARNING, logger="sse"):
-        daphne.guard(send)  # another server's send: nothing to say
+        guard(send)  # another server's send: nothing to say
         assert not caplog.records
         send.__module__ = "daphne.server"  # as a future Daphne's might look
         for _ in range(3):
-            assert daphne.guard(send) is send
+            assert guard(send) is send
     assert len(caplog.records) == 1 and "Daphne's ASGI send" in caplog.records[0].getMessage()
 
 

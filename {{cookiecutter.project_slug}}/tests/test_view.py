@@ -1,6 +1,7 @@
 """async_view mode: the endpoint as Django serves it, middleware included."""
 
 import asyncio
+import gc
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
@@ -9,6 +10,8 @@ import pytest
 from asgiref.sync import SyncToAsync, sync_to_async
 from asgiref.testing import ApplicationCommunicator
 from django.contrib.auth.models import User
+from django.core.handlers.asgi import ASGIRequest
+from django.core.signals import request_finished
 from django.http import HttpRequest
 from django.test import AsyncClient
 from django.utils.deprecation import MiddlewareMixin
@@ -200,3 +203,42 @@ class ThreadRecorder(MiddlewareMixin):
 
     def process_request(self, request: HttpRequest) -> None:
         self.threads.append(threading.get_ident())
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_open_stream_holds_two_tasks_and_ends_as_django_ends_a_request(backend, stream):
+    # Its own and one waiting for the disconnect. Django's ASGIHandler.handle adds one
+    # for the response and an asyncio.wait, held for as long as the stream is open.
+    finished = []
+
+    def on_finished(sender, **kwargs):
+        finished.append(sender)
+
+    async def open_stream() -> ApplicationCommunicator:
+        comm, start, headers = await asgi_get(f"/sse/{stream}/")
+        assert start["status"] == 200 and headers["content-type"] == "text/event-stream"
+        assert (await comm.receive_output(5))["body"].startswith(b"retry: ")
+        return comm
+
+    request_finished.connect(on_finished)
+    try:
+        first = await open_stream()
+        before = len(asyncio.all_tasks())
+        more = [await open_stream() for _ in range(3)]
+        assert (len(asyncio.all_tasks()) - before) / len(more) == 2
+        assert get_hub().open == 4
+        # Nor does it keep its request (META, session, body file) while it is open.
+        gc.collect()
+        assert not [obj for obj in gc.get_objects() if isinstance(obj, ASGIRequest)]
+        # A client that leaves: the application returns, the response is closed (request_finished).
+        await first.send_input({"type": "http.disconnect"})
+        await first.wait(5)
+        assert len(finished) == 1 and get_hub().open == 3
+        # Daphne cancels every application on shutdown: each stream still closes.
+        for comm in more:
+            comm.future.cancel()
+        await asyncio.wait([comm.future for comm in more], timeout=5)
+        assert all(comm.future.cancelled() for comm in more)
+        assert len(finished) == 4 and get_hub().open == 0
+    finally:
+        request_finished.disconnect(on_finished)

@@ -24,6 +24,9 @@ from sse.encoding import (
 
 Entry = tuple[str, str, str]  # id, event name, data as sent (JSON text, or the text= payload)
 REPLAY_PAGE = 500  # entries per Redis round trip, at most
+# A reconnect storm can keep the event loop busy past Redis's connect timeout: a page read that
+# fails is tried again (reads are idempotent) before the streams waiting for it end with an error.
+REPLAY_RETRIES = (0.25, 0.5)
 
 
 class BrokerUnavailable(RuntimeError):
@@ -130,7 +133,14 @@ class Broker:
         shared = self.__dict__.setdefault("_shared_reads", SharedReads())
         while True:
             read = functools.partial(self.areplay, stream, cursor, count)
-            entries = await shared.read((stream, cursor, count), read)
+            for pause in (*REPLAY_RETRIES, None):
+                try:
+                    entries = await shared.read((stream, cursor, count), read)
+                    break
+                except BrokerUnavailable:
+                    if pause is None:
+                        raise
+                    await asyncio.sleep(pause)
             if entries is None:
                 yield None
                 return
@@ -236,3 +246,30 @@ def _settle(target: asyncio.Future[Any], source: asyncio.Future[Any]) -> None:
         target.set_exception(exc)
     else:
         target.set_result(source.result())
+
+
+async def within(awaitable: Awaitable[Any], timeout: float) -> Any:  # noqa: ASYNC109  (not asyncio.timeout: see below)
+    """``awaitable``'s result, or TimeoutError once ``timeout`` seconds of the loop's free time passed.
+
+    A timeout measured on a busy loop blames the server for the loop's own delay: a
+    burst of thousands of new streams can keep a Daphne process's loop from noticing
+    Redis's answer for seconds. Each tick of 0.1 s counts at most 0.1 s against the
+    budget, however long the loop took to come back; on an idle loop this is a plain
+    timeout.
+    """
+    task = asyncio.ensure_future(awaitable)
+    loop = asyncio.get_running_loop()
+    budget, last = timeout, loop.time()
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=min(0.1, max(budget, 0.01)))
+            if done:
+                return task.result()
+            now = loop.time()
+            budget -= min(now - last, 0.1)
+            last = now
+            if budget <= 0:
+                raise TimeoutError
+    finally:
+        if not task.done():
+            task.cancel()

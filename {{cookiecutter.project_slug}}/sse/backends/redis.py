@@ -21,7 +21,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from sse.backends.base import Broker, BrokerFull, BrokerUnavailable, Entry, Feed, Sink, prepare
+from sse.backends.base import Broker, BrokerFull, BrokerUnavailable, Entry, Feed, Sink, prepare, within
 from sse.conf import setting
 from sse.encoding import (
     format_id,
@@ -366,8 +366,7 @@ class RedisFeed:
             # hold every new stream that long.
             timeout = self.broker.options["socket_connect_timeout"]
             try:
-                async with asyncio.timeout(timeout):
-                    await pubsub.connect()
+                await within(pubsub.connect(), timeout)  # the loop's own delays not counted
             except TimeoutError:
                 raise redis.TimeoutError(f"no answer within {timeout} s") from None
             async with self.lock:

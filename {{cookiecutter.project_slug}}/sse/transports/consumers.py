@@ -24,6 +24,7 @@ from django.core.exceptions import BadRequest, PermissionDenied, SuspiciousOpera
 from django.core.handlers.asgi import ASGIRequest
 from django.http import Http404, HttpRequest, HttpResponse
 from django.http.multipartparser import MultiPartParserError
+from django.http.response import ResponseHeaders
 from django.middleware.security import SecurityMiddleware
 from django.utils.log import log_response
 
@@ -86,6 +87,8 @@ class SSEConsumer(AsyncHttpConsumer):
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.items()]
         await self.send_headers(status=response.status_code, headers=headers)
         if response.streaming:
+            # The head is sent: the response stays, for hours, only to be closed.
+            response.headers = ResponseHeaders({})
             self.task = asyncio.create_task(self.pump(response))
         else:
             await self.send_body(response.content)
@@ -102,7 +105,18 @@ class SSEConsumer(AsyncHttpConsumer):
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         try:
             scope["sse.send"] = send  # Daphne's own, for sse.transports.daphne.direct_writer
-            await super().__call__(scope, receive, guard(send))
+            if self.channel_layer_alias is not None:  # a subclass that wants a channel of its own
+                await super().__call__(scope, receive, guard(send))
+                return
+            # AsyncConsumer.__call__ without a channel layer: it would wrap every
+            # receive in a task and an asyncio.wait, about 2 KB for as long as the
+            # stream is open. One message at a time, in order, as there.
+            self.scope, self.channel_layer, self.base_send = scope, None, guard(send)
+            try:
+                while True:
+                    await self.dispatch(await receive())
+            except StopConsumer:
+                pass
         finally:
             # On shutdown Daphne cancels the consumer, not its tasks.
             if self.task is not None:

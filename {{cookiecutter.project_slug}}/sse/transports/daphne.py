@@ -36,6 +36,7 @@ from typing import Any
 
 import twisted
 from twisted.internet import tcp
+from twisted.web.http_headers import Headers
 
 from sse.conf import setting
 from sse.security import access
@@ -122,11 +123,16 @@ def guard(send: Send) -> Send:
         return producer_guard(send, request, transport)
 
     patience = setting("SSE_SEND_TIMEOUT", 10.0)
+    head = True  # the response head is still with Twisted
 
     async def guarded(message: dict[str, Any]) -> None:
+        nonlocal head
         await send(message)
         if message["type"] != "http.response.body":
             return
+        if head:
+            head = False
+            forget_head(request)
         deadline = asyncio.get_running_loop().time() + patience
         while (waiting := buffered(transport)) > limit and transport.connected:
             if asyncio.get_running_loop().time() > deadline:
@@ -137,6 +143,16 @@ def guard(send: Send) -> Send:
             await asyncio.sleep(0.05)
 
     return guarded
+
+
+def forget_head(request: Any) -> None:
+    """Let go of the response head Twisted keeps after writing it, with the first body chunk.
+
+    ``Request.responseHeaders`` (some 15 objects, about 1 KB) is read only
+    until the head is on the wire; a stream keeps its request for hours.
+    """
+    if request.startedWriting:
+        request.responseHeaders = Headers()
 
 
 class Drain:

@@ -122,7 +122,14 @@ async def open_streams(request: HttpRequest, stream: str | None) -> HttpResponse
         return plain(503, "too many open streams on this server, retry shortly", Retry_After="5")
     # Counted before the first await, so that a burst of connects cannot all pass the check above.
     added = [hub.add(name) for name in streams]
-    results = await asyncio.gather(*(hub.ready(sub) for sub in added), return_exceptions=True)
+    results: list[Subscription | BaseException]
+    if len(added) == 1:  # the usual case, without gather's task and future per stream
+        try:
+            results = [await hub.ready(added[0])]
+        except Exception as exc:  # as gather(return_exceptions=True) would hand it back
+            results = [exc]
+    else:
+        results = await asyncio.gather(*(hub.ready(sub) for sub in added), return_exceptions=True)
     subs = [sub for sub in results if isinstance(sub, Subscription)]
     if len(subs) < len(results):
         for sub in subs:
