@@ -19,7 +19,7 @@ import redis.cluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 
-from sse.backends.base import BrokerUnavailable, Feed, Sink
+from sse.backends.base import BrokerUnavailable, Feed, Sink, within
 from sse.backends.redis import PUBLISH_SCRIPT, RedisBroker, catch_up, raise_swallowed_cancel, wait_confirmed
 from sse.conf import setting
 
@@ -185,8 +185,7 @@ class Shard:
         try:
             timeout = self.feed.broker.options["socket_connect_timeout"]
             try:
-                async with asyncio.timeout(timeout):
-                    await pubsub.connect()
+                await within(pubsub.connect(), timeout)  # the loop's own delays not counted
             except TimeoutError:
                 raise redis.TimeoutError(f"no answer within {timeout} s") from None
             self.held = {channel: [] for channel in self.channels}
