@@ -169,6 +169,22 @@ class RedisCluster(Redis):
             proc.wait(10)
 
 
+def server_env(redis_url: str, **extra: str) -> dict[str, str]:
+    """A production-like environment for a server: this one's, minus its Django/Redis/SSE settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "REDIS_", "SSE_"))}
+    env.update(
+        REDIS_URL=redis_url,
+        DJANGO_DEBUG="0",
+        DJANGO_SECRET_KEY=SECRET,
+        DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
+        DJANGO_SECURE_SSL_REDIRECT="0",  # no TLS in front of the servers here
+        SSE_PUBLIC_STREAMS="*",
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+    return env
+
+
 class System:
     """How to serve and publish one of the compared systems."""
 
@@ -203,17 +219,7 @@ class System:
         return str(self.venv / "bin" / "python")
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "REDIS_", "SSE_"))}
-        env.update(
-            REDIS_URL=self.redis.url,
-            DJANGO_DEBUG="0",
-            DJANGO_SECRET_KEY=SECRET,
-            DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
-            DJANGO_SECURE_SSL_REDIRECT="0",
-            SSE_PUBLIC_STREAMS="*",
-            PYTHONUNBUFFERED="1",
-            ES_DB=str(self.build / "eventstream.sqlite3"),
-        )
+        env = server_env(self.redis.url, ES_DB=str(self.build / "eventstream.sqlite3"))
         if self.settings:
             env["DJANGO_SETTINGS_MODULE"] = self.settings
         if isinstance(self.redis, RedisCluster):

@@ -134,18 +134,7 @@ class Stack:
         return str(self.venv / "bin" / "python")
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "REDIS_", "SSE_"))}
-        env.update(
-            REDIS_URL=self.redis.url,
-            DJANGO_DEBUG="0",
-            DJANGO_SECRET_KEY=bench.SECRET,
-            DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
-            DJANGO_SECURE_SSL_REDIRECT="0",  # TLS is left out here: nginx speaks plain HTTP
-            DJANGO_SETTINGS_MODULE="config.settings",
-            SSE_PUBLIC_STREAMS="*",
-            PYTHONUNBUFFERED="1",
-        )
-        return env
+        return bench.server_env(self.redis.url, DJANGO_SETTINGS_MODULE="config.settings")
 
     def exec_start(self, instance: int, sock: Path) -> list[str]:
         """The unit's ExecStart for one instance, with this run's venv and socket folder."""
