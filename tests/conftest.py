@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import random
 import shutil
 import signal
 import socket
@@ -26,10 +27,29 @@ ROOT = Path(__file__).resolve().parent.parent
 MODES = [pytest.param(mode, marks=pytest.mark.xdist_group(mode), id=mode) for mode in ("channels", "async_view")]
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range, in a block of its own per xdist worker.
+
+    bind(0) hands out ephemeral ports, which the other worker (and every client socket)
+    draws from too: a port probed free here could be taken before the server binds it.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    block = 10_000 + 5_000 * (int(worker) % 4 if worker.isdigit() else 0)
+    for _ in range(1000):
+        port = random.randrange(block, block + 5_000)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free port")
 
 
 def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 30.0) -> None:
@@ -243,7 +263,10 @@ class RedisCluster:
             if proc.poll() is None:
                 proc.terminate()
         for proc in self.procs.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # none may outlive the session: a running Popen warns when collected
                 proc.wait(10)
 
 

@@ -68,6 +68,7 @@ class ClusterSetup:
         self.project, self.cluster, self.tmp_path = project, cluster, tmp_path
         self.prefix = f"t{uuid.uuid4().hex[:8]}"
         self.daphnes: list[Daphne] = []
+        self.publishers: list[subprocess.Popen] = []
 
     def env(self, **extra: str) -> dict[str, str]:
         return self.project.env(REDIS_CLUSTER_NODES=self.cluster.nodes, SSE_KEY_PREFIX=self.prefix, **extra)
@@ -79,6 +80,10 @@ class ClusterSetup:
         return daphne
 
     def publisher(self, streams: list[str], rounds: int, pause: float = 0.0, **env: str) -> subprocess.Popen:
+        self.publishers.append(proc := self._publisher(streams, rounds, pause, **env))
+        return proc
+
+    def _publisher(self, streams: list[str], rounds: int, pause: float, **env: str) -> subprocess.Popen:
         return subprocess.Popen(
             [self.project.python, "-c", PUBLISHER, str(rounds), str(pause), *streams],
             cwd=self.project.path,
@@ -92,6 +97,10 @@ class ClusterSetup:
         return json.loads(self.project.run("-c", LOG_DUMP, *streams, env=self.env()).stdout)
 
     def stop(self) -> None:
+        for proc in self.publishers:  # one a failed test left running would warn when collected
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=10)
         for daphne in self.daphnes:
             daphne.stop()
         for daphne in self.daphnes:
