@@ -118,9 +118,12 @@ class SSEConsumer(AsyncHttpConsumer):
             except StopConsumer:
                 pass
         finally:
-            # On shutdown Daphne cancels the consumer, not its tasks.
-            if self.task is not None:
-                self.task.cancel()
+            # On shutdown Daphne cancels the consumer, not its tasks. Let go of the task:
+            # its cancellation's traceback holds this consumer, a cycle that would keep the
+            # whole request until a full pass of the garbage collector.
+            task, self.task = self.task, None
+            if task is not None:
+                task.cancel()
 
     async def pump(self, response: HttpResponse) -> None:
         try:
