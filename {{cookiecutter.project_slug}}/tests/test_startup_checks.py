@@ -2,6 +2,7 @@
 
 import contextvars
 import functools
+import gc
 import logging
 from types import SimpleNamespace
 
@@ -9,7 +10,7 @@ import pytest
 from django.core.checks import run_checks
 from django.test import AsyncClient, Client
 
-from sse.ops import checks, startup
+from sse.ops import checks, collector, startup
 from sse.transports import daphne
 
 
@@ -264,3 +265,42 @@ def test_variables_from_dotenv_are_a_deploy_warning_when_debug_is_off(settings):
     assert checks.dotenv_in_production() == []
     settings.DEBUG, settings.DOTENV_VARIABLES = False, []
     assert checks.dotenv_in_production() == []
+
+
+@pytest.fixture
+def collector_state():
+    before = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*before)
+
+
+def test_a_server_process_freezes_its_startup_and_raises_the_collector_thresholds(settings, collector_state):
+    gc.set_threshold(700, 10, 10)  # Python's own
+    assert collector.tune() == (10_000, 50, 100)  # the default, also without the setting
+    assert gc.get_threshold() == (10_000, 50, 100)
+    assert gc.get_freeze_count() > 1000  # modules, classes, Django's registries
+
+
+@pytest.mark.parametrize(
+    ("value", "wanted"),
+    [(["20000", "20", "50"], (20_000, 20, 50)), ("5000,10,10", (5_000, 10, 10)), ([], None), ([""], None)],
+)
+def test_the_thresholds_come_from_the_setting_and_empty_keeps_pythons(settings, collector_state, value, wanted):
+    gc.set_threshold(700, 10, 10)
+    settings.SSE_GC_THRESHOLDS = value
+    assert collector.tune() == wanted
+    assert gc.get_threshold() == (wanted or (700, 10, 10))
+
+
+@pytest.mark.parametrize("value", [["10000", "50"], ["a", "b", "c"], ["-1", "10", "10"]])
+def test_bad_thresholds_are_one_warning_and_pythons_own(settings, collector_state, caplog, value):
+    gc.set_threshold(700, 10, 10)
+    settings.SSE_GC_THRESHOLDS = value
+    with caplog.at_level(logging.WARNING, logger="sse"):
+        assert collector.tune() is None
+    assert gc.get_threshold() == (700, 10, 10)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"sse: SSE_GC_THRESHOLDS must be three non-negative integers, like 10000,50,100: got {value!r}; "
+        "keeping Python's own"
+    ]

@@ -15,6 +15,8 @@ from django.apps import apps
 from django.conf import settings
 
 from sse.conf import setting
+from sse.ops import collector
+from sse.transports import daphne_server
 
 logger = logging.getLogger("sse")
 
@@ -83,12 +85,14 @@ def startup_line(mode: str, addresses: list[str]) -> str:
 
 
 def announce(mode: str) -> None:
-    """Log ``startup_line()`` once, when the server is listening.
+    """Log ``startup_line()`` once, when the server is listening; tune the process for long streams first.
 
     Daphne imports the application before it opens its ports, and has no lifespan
     events: the line is logged when Twisted's reactor starts running, by then listening.
     Under another server it is logged at once, without addresses.
     """
+    collector.tune()  # sse/ops/collector.py: fewer passes over streams that live for hours
+    daphne_server.install()  # sse/transports/daphne_server.py: no per-second sweep of every stream
     reactor = sys.modules.get("twisted.internet.reactor")
     if reactor is None:
         logger.info(startup_line(mode, []))

@@ -1,0 +1,55 @@
+"""The garbage collector of a server process: fewer passes over objects that live for hours.
+
+Every open stream keeps some 125 objects that CPython's collector tracks (Daphne's
+request, Twisted's transport, the task, the subscription...). The collector visits
+all of them in a full pass whenever its long-lived objects have grown by a quarter,
+and promotes survivors of its young passes, which run every 700 allocations. Opening
+10,000 streams in one Daphne process took 12 full passes, 3.4 s of collector time
+(a quarter of the CPU of opening them) and pauses of up to 0.57 s, during which no
+event went out (gc.callbacks; bench/README.md).
+
+:func:`tune` freezes what the startup left (modules, classes, URL and template
+registries: they are never garbage) and raises the thresholds to ``SSE_GC_THRESHOLDS``,
+10,000 / 50 / 100 by default: a young pass every 10,000 allocations, so requests'
+short-lived objects are freed by reference counting before a pass promotes them.
+Measured the same way: 1.1 s, no full pass, pauses under 0.25 s, and the same RSS.
+Only reference cycles wait longer to be freed, and only until the next young pass.
+"""
+
+import gc
+import logging
+from typing import Any
+
+from sse.conf import setting
+
+log = logging.getLogger("sse")
+DEFAULT = (10_000, 50, 100)
+
+
+def thresholds(value: Any) -> tuple[int, ...] | None:
+    """``SSE_GC_THRESHOLDS`` as three non-negative integers; None for Python's own (an empty value)."""
+    if value is None or value == "" or list(value) in ([], [""]):
+        return None
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        numbers = tuple(int(str(part).strip()) for part in parts)
+    except ValueError:
+        numbers = ()
+    if len(numbers) != 3 or min(numbers) < 0:
+        raise ValueError(f"SSE_GC_THRESHOLDS must be three non-negative integers, like 10000,50,100: got {value!r}")
+    return numbers
+
+
+def tune() -> tuple[int, ...] | None:
+    """Freeze the startup's objects and set the thresholds; the thresholds in use, or None if left alone."""
+    try:
+        wanted = thresholds(setting("SSE_GC_THRESHOLDS", DEFAULT))
+    except ValueError as exc:
+        log.warning("sse: %s; keeping Python's own", exc)
+        return None
+    if wanted is None:
+        return None
+    gc.collect()  # what the startup left as garbage is freed, not frozen
+    gc.freeze()
+    gc.set_threshold(*wanted)
+    return wanted

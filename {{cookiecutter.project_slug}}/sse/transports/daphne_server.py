@@ -1,0 +1,150 @@
+"""Daphne's server: reap connections when they end, not by sweeping all of them every second.
+
+Daphne's ``Server.application_checker`` walks every connection once a second, and
+``timeout_checker`` every two, whether anything changed or not. A stream lasts hours,
+so with 10,000 open the walk is nearly all of an idle server's CPU: measured with
+py-spy and gc.callbacks, it copies 10,000 (connection, details) pairs a second, and
+those short-lived tuples set off the garbage collector, whose full passes then visit
+every object of every open stream (README, Benchmarks: idle cost).
+
+:func:`install` keeps Daphne's rules and moves them to the moments they can change:
+when an application instance finishes (a done callback) and when a client disconnects
+(then once more after ``--application-close-timeout``, to cancel an application that
+did not stop). The old sweep still runs, once every :data:`SWEEP` seconds, as a net.
+``timeout_checker`` skips HTTP connections when Daphne has no ``--http-timeout`` (their
+check does nothing then); WebSocket connections keep their pings and timeouts.
+
+Like :mod:`sse.transports.daphne`, this reads Daphne internals (:data:`SERVER_INTERNALS`);
+a Daphne without them keeps its own sweeps and the server logs one warning.
+"""
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+log = logging.getLogger("sse")
+daphne_log = logging.getLogger("daphne.server")  # where Daphne logs what its sweep finds
+
+SWEEP = 30.0  # seconds between full sweeps, a net for anything no event reached
+# Read on the Server: these methods (replaced), and its connections, application_close_timeout and http_timeout.
+SERVER_INTERNALS = (
+    "protocol_connected",
+    "create_application",
+    "protocol_disconnected",
+    "application_checker",
+    "timeout_checker",
+    "stop",
+)
+
+
+def timed(server: Any) -> set[Any]:
+    """The server's connections whose timeouts are checked without ``--http-timeout``: not HTTP ones."""
+    if "sse_timed" not in server.__dict__:
+        server.sse_timed = set()
+    return server.sse_timed
+
+
+def reap(server: Any, protocol: Any, overdue: bool = False) -> None:
+    """Daphne's ``application_checker`` for one connection (``overdue``: its close timeout has passed)."""
+    details = server.connections.get(protocol)
+    if details is None:
+        return
+    disconnected = details.get("disconnected")
+    instance = details.get("application_instance")
+    if (
+        disconnected
+        and instance is not None
+        and not instance.done()
+        and (overdue or time.time() - disconnected > server.application_close_timeout)
+    ):
+        log.warning(
+            "Application instance %r for connection %s took too long to shut down and was killed.",
+            instance,
+            repr(protocol),
+        )
+        instance.cancel()
+        return  # reaped by its done callback, once the cancellation has run
+    if instance is not None and instance.done():
+        try:
+            exception = instance.exception()
+        except asyncio.CancelledError:
+            exception = None
+        if isinstance(exception, KeyboardInterrupt):
+            server.stop()  # the protocol asks the server to exit (tests)
+        elif exception is not None:
+            daphne_log.error("Exception inside application: %s", exception, exc_info=exception)
+            if not disconnected:
+                protocol.handle_exception(exception)
+        del details["application_instance"]
+        instance = None
+    if instance is None and disconnected:
+        del server.connections[protocol]
+        if (timer := details.get("sse_close_timer")) is not None and timer.active():
+            timer.cancel()  # it would hold the connection's objects until the timeout
+        timed(server).discard(protocol)
+
+
+def install() -> bool:
+    """Reap Daphne's connections on events (once per process; False where Daphne is not serving)."""
+    import sys
+
+    module = sys.modules.get("daphne.server")
+    if module is None:
+        return False  # not under Daphne: nothing to change
+    server_class = module.Server
+    if getattr(server_class, "_sse_reaping", False):
+        return True
+    missing = [name for name in SERVER_INTERNALS if not hasattr(server_class, name)]
+    if missing:
+        log.warning("sse: this Daphne has no Server.%s: it keeps sweeping every connection", ", Server.".join(missing))
+        return False
+    from daphne.http_protocol import WebRequest
+    from twisted.internet import reactor
+
+    protocol_connected = server_class.protocol_connected
+    create_application = server_class.create_application
+    protocol_disconnected = server_class.protocol_disconnected
+
+    def connected(self: Any, protocol: Any) -> None:
+        protocol_connected(self, protocol)
+        if not isinstance(protocol, WebRequest):
+            timed(self).add(protocol)  # WebSockets: their pings and handshake timeout
+
+    def create(self: Any, protocol: Any, scope: dict[str, Any]) -> Any:
+        queue = create_application(self, protocol, scope)
+        details = self.connections.get(protocol)
+        if details is not None and "application_instance" in details:
+            details["application_instance"].add_done_callback(lambda _: reap(self, protocol))
+        return queue
+
+    def disconnected(self: Any, protocol: Any) -> None:
+        details = self.connections.get(protocol)
+        if details is None:
+            return  # reaped already: nothing left to mark
+        first = "disconnected" not in details
+        protocol_disconnected(self, protocol)
+        if first:
+            reap(self, protocol)
+            if protocol in self.connections:  # its application is still running
+                timeout = self.application_close_timeout
+                details["sse_close_timer"] = reactor.callLater(timeout, reap, self, protocol, True)
+
+    def application_checker(self: Any) -> None:
+        for protocol in list(self.connections):
+            reap(self, protocol)
+        reactor.callLater(SWEEP, self.application_checker)
+
+    def timeout_checker(self: Any) -> None:
+        # An HTTP connection's check does something only with --http-timeout.
+        for protocol in list(self.connections if self.http_timeout else timed(self)):
+            protocol.check_timeouts()
+        reactor.callLater(2, self.timeout_checker)
+
+    server_class.protocol_connected = connected
+    server_class.create_application = create
+    server_class.protocol_disconnected = disconnected
+    server_class.application_checker = application_checker
+    server_class.timeout_checker = timeout_checker
+    server_class._sse_reaping = True
+    return True

@@ -1,0 +1,162 @@
+"""Daphne's server reaps connections when they end (sse/transports/daphne_server.py).
+
+Daphne's own Server class, driven as Daphne drives it, in a process of its own:
+importing ``daphne.server`` installs Twisted's asyncio reactor, which must not leak
+into the other tests.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent(
+    """
+    import asyncio, json, logging, sys
+
+    import django
+    django.setup()
+    from daphne import server as daphne_server
+    from daphne.http_protocol import WebRequest
+    from twisted.internet import reactor
+    from sse.transports import daphne_server as reaping
+
+    logs = []
+    class Keep(logging.Handler):
+        def emit(self, record):
+            logs.append(record.getMessage())
+    for name in ("daphne.server", "sse"):
+        logging.getLogger(name).addHandler(Keep())
+        logging.getLogger(name).propagate = False
+
+    if sys.argv[1] == "on":
+        assert reaping.install() and reaping.install()  # the second call changes nothing
+
+    class Protocol:
+        checks = 0
+        def __init__(self):
+            self.exceptions = []
+        def handle_exception(self, exc):
+            self.exceptions.append(str(exc))
+        def check_timeouts(self):
+            self.checks += 1
+
+    class HTTP(WebRequest):
+        checks = 0
+        def __init__(self):
+            pass  # no channel: only the server's bookkeeping is exercised
+        def check_timeouts(self):
+            self.checks += 1
+
+    async def app(scope, receive, send):
+        if scope["path"] == "/raise":
+            raise ValueError("boom")
+        if scope["path"] == "/done":
+            return
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if scope["path"] == "/stubborn":
+            await asyncio.sleep(60)  # ignores the disconnect: the close timeout cancels it
+
+    async def ticks(n=3):
+        for _ in range(n):
+            await asyncio.sleep(0)
+
+    async def main():
+        # Endpoints are only parsed by run(), which this test does not call.
+        server = daphne_server.Server(app, ["tcp:port=0"], application_close_timeout=0.3)
+        server.connections = {}  # as run() sets it
+        out = {}
+
+        def open_(path, protocol=None):
+            protocol = protocol or Protocol()
+            server.protocol_connected(protocol)
+            queue = server.create_application(protocol, {"type": "http", "path": path})
+            return protocol, queue
+
+        # A stream: the client leaves, the application ends on http.disconnect.
+        p, queue = open_("/stream")
+        await ticks()
+        server.protocol_disconnected(p)
+        queue.put_nowait({"type": "http.disconnect"})
+        await ticks()
+        out["stream_reaped"] = p not in server.connections
+        # Its close-timeout timer is gone with it: it would hold the connection's objects.
+        out["timers_left"] = len([c for c in reactor.getDelayedCalls() if c.active()])
+
+        # The application ends first, the connection later (a finished response).
+        p, _ = open_("/done")
+        await ticks()
+        out["done_kept_while_connected"] = p in server.connections
+        server.protocol_disconnected(p)
+        server.protocol_disconnected(p)  # Daphne may say it twice (finish, then connectionLost)
+        out["done_reaped"] = p not in server.connections
+
+        # An application that ignores the disconnect is cancelled after the close timeout.
+        p, queue = open_("/stubborn")
+        await ticks()
+        server.protocol_disconnected(p)
+        queue.put_nowait({"type": "http.disconnect"})
+        await asyncio.sleep(0.1)
+        out["stubborn_waits"] = p in server.connections
+        await asyncio.sleep(0.5)
+        out["stubborn_reaped"] = p not in server.connections
+        out["stubborn_warned"] = any("took too long to shut down" in m for m in logs)
+
+        # An application that raises while connected: logged, and the protocol told.
+        p, _ = open_("/raise")
+        await ticks()
+        out["raise_logged"] = any(m == "Exception inside application: boom" for m in logs)
+        out["raise_told"] = p.exceptions == ["boom"]
+        server.protocol_disconnected(p)
+        out["raise_reaped"] = p not in server.connections
+
+        # Timeouts: without --http-timeout only non-HTTP connections are checked.
+        ws, http = Protocol(), HTTP()
+        server.protocol_connected(ws)
+        server.protocol_connected(http)
+        server.timeout_checker()
+        out["checked_without_http_timeout"] = [ws.checks, http.checks]
+        server.http_timeout = 60
+        server.timeout_checker()
+        out["checked_with_http_timeout"] = [ws.checks, http.checks]
+        print(json.dumps(out))
+
+    daphne_server.twisted_loop.run_until_complete(main())
+    """
+)
+
+
+def run(mode: str) -> dict:
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.test_settings"}
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_connections_are_reaped_when_they_end_not_by_a_sweep():
+    seen = run("on")
+    assert seen == {
+        "stream_reaped": True,
+        "timers_left": 0,
+        "done_kept_while_connected": True,
+        "done_reaped": True,
+        "stubborn_waits": True,
+        "stubborn_reaped": True,
+        "stubborn_warned": True,
+        "raise_logged": True,
+        "raise_told": True,
+        "raise_reaped": True,
+        "checked_without_http_timeout": [1, 0],
+        "checked_with_http_timeout": [2, 1],
+    }
+
+
+def test_without_it_daphne_leaves_them_to_its_once_a_second_sweep():
+    # The control: Daphne's own Server keeps every ended connection until its sweep.
+    seen = run("off")
+    assert not seen["stream_reaped"] and not seen["done_reaped"] and not seen["stubborn_reaped"]
+    assert seen["checked_without_http_timeout"] == [1, 1]
