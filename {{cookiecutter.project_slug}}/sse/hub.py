@@ -99,16 +99,17 @@ class Subscription:
         self._wake()
         return False
 
-    def ping(self) -> None:
-        """A heartbeat: written at once on the fast path, else the reader sends one."""
+    def ping(self) -> int:
+        """A heartbeat: written at once on the fast path (returns the bytes), else the reader sends one."""
         if self.write is not None:
             if not self.write(PING):
                 self.write = None
             self.sent_bytes += len(PING)
-            metrics.BYTES_SENT.inc(len(PING))  # the hub wrote it: no stream yields it
-        elif not self.dropped:
+            return len(PING)
+        if not self.dropped:
             self.pinged = True
             self._wake()
+        return 0
 
     async def wait(self) -> None:
         """Until something is queued, a heartbeat is due, or the subscription is closed."""
@@ -238,9 +239,11 @@ class Hub:
 
     def _beat(self, first: bool = False) -> None:
         if not first:
+            written = 0
             for subs in self.subscribers.values():
                 for sub in subs:
-                    sub.ping()
+                    written += sub.ping()
+            metrics.BYTES_SENT.inc(written)  # the hub wrote these: no stream yields them
         self._heartbeat = self.loop.call_later(setting("SSE_HEARTBEAT", 15.0), self._beat)
 
     async def _start(self, stream: str) -> None:
