@@ -271,12 +271,62 @@ class Client(asyncio.Protocol):
                 self.close()
                 return
         if self.chunked is not None:
+            if self._whole_chunk(data):
+                return
             data = self.chunked.feed(data)
             if self.chunked.done and not self.closing:
                 self.gen.ended += 1
                 self.close()
         if data:
             self.parser.feed(data)
+
+    def _whole_chunk(self, data: bytes) -> bool:
+        """Events that came as exactly one chunk of whole LF-ended events, parsed in one pass (True).
+
+        The usual case, and the load generator's own CPU competes with the servers it
+        measures: this is about three times cheaper than the general path, which takes
+        everything else (split chunks and events, CR line ends, unknown fields) and
+        gives the same results.
+        """
+        chunked, parser = self.chunked, self.parser
+        if chunked._buf or chunked._remaining or chunked._crlf or chunked.done:
+            return False
+        if parser._buf or parser._cr_pending or parser._bom_pending or parser._data or parser._type:
+            return False
+        nl = data.find(b"\r\n")
+        if nl <= 0 or nl > 8 or data[-2:] != b"\r\n" or data[-4:-2] != b"\n\n" or b"\r" in data[nl + 2 : -2]:
+            return False
+        try:
+            size = int(data[:nl], 16)
+        except ValueError:
+            return False
+        if size == 0 or len(data) != nl + 4 + size:
+            return False
+        blocks = data[nl + 2 : -4].split(b"\n\n")
+        parsed = []
+        for block in blocks:
+            event_id, event_type, lines, comments = None, "", [], 0
+            for raw in block.split(b"\n"):
+                if raw[:6] == b"data: ":
+                    lines.append(raw[6:])
+                elif raw[:4] == b"id: " and b"\0" not in raw:
+                    event_id = raw[4:]
+                elif raw[:7] == b"event: ":
+                    event_type = raw[7:].decode("utf-8", "replace")
+                elif raw[:1] == b":":
+                    comments += 1
+                else:
+                    return False  # anything else: the general path, from this chunk's start
+            parsed.append((event_id, event_type, lines, comments))
+        for event_id, event_type, lines, comments in parsed:
+            parser.comments += comments
+            if event_id is not None:
+                parser._id = event_id.decode("utf-8", "replace")
+            parser.last_event_id = parser._id
+            if lines:
+                data_text = b"\n".join(lines).decode("utf-8", "replace")
+                self.on_event(event_type or "message", data_text, parser.last_event_id)
+        return True
 
     def on_event(self, event_type: str, data: str, event_id: str) -> None:
         self.events += 1

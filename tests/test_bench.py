@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
 import json
@@ -11,6 +12,7 @@ import re
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -102,6 +104,47 @@ def test_chunked_decoding_with_extensions_and_any_split() -> None:
         out = b"".join(decoder.feed(body[i : i + size]) for i in range(0, len(body), size))
         assert out == b"abcd\n0123456789"
         assert decoder.done
+
+
+def test_the_whole_chunk_fast_path_sees_what_the_general_path_sees() -> None:
+    loop = asyncio.new_event_loop()
+
+    class Recorder(loadgen.Client):
+        def __init__(self, fast: bool) -> None:
+            super().__init__(SimpleNamespace(loop=loop, join_phase=None, now=0.0), "/")
+            self.status, self.chunked, self.got, self.fast, self.taken = 200, loadgen.ChunkedDecoder(), [], fast, 0
+
+        def _whole_chunk(self, data: bytes) -> bool:
+            taken = self.fast and super()._whole_chunk(data)
+            self.taken += taken
+            return taken
+
+        def on_event(self, *event: str) -> None:
+            self.got.append(event)
+
+    rng = random.Random(7)
+    lines = [b"data: x", b"data: ", b"data:y", b"id: 4", b"id: 1\0", b"id", b"event: e", b": ping", b"retry: 9",
+             b"data: \xc3\xa9", b"x: 1", b"", b"data: a\rb", b"id: 1732960000000-7"]  # fmt: skip
+    clients = Recorder(True), Recorder(False)
+    loop.close()  # only for the clients' futures: nothing runs on it
+    for _ in range(2000):
+        body = b"".join(b"\n".join(rng.choice(lines) for _ in range(rng.randint(1, 4))) + b"\n\n"
+                        for _ in range(rng.randint(1, 3)))  # fmt: skip
+        frame = b"%x\r\n%s\r\n" % (len(body), body)
+        if rng.random() < 0.1:  # sometimes split: the general path, then the fast one again
+            cut = rng.randint(1, len(frame) - 1)
+            pieces = [frame[:cut], frame[cut:]]
+        else:
+            pieces = [frame]
+        for piece in pieces:
+            for client in clients:
+                client.data_received(piece)
+    fast, general = clients
+    assert fast.got == general.got and len(fast.got) > 1000
+    assert 100 < fast.taken < 1800 and general.taken == 0  # both paths were taken
+    assert fast.parser.last_event_id == general.parser.last_event_id
+    assert fast.parser.comments == general.parser.comments
+    assert fast.parser.retry == general.parser.retry
 
 
 def test_parser_keeps_up_with_a_fast_server() -> None:
