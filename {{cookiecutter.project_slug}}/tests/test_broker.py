@@ -5,7 +5,7 @@ import time
 import pytest
 
 from sse import apublish, hub, publish
-from sse.backends import get_broker
+from sse.backends import BrokerUnavailable, get_broker
 from sse.backends.base import within
 from sse.backends.memory import MemoryBroker
 from sse.encoding import InvalidEvent, dumps, parse_id
@@ -135,6 +135,32 @@ async def test_a_client_too_far_behind_is_closed(backend, stream, settings):
         await asyncio.sleep(0.01)
     assert sub.dropped
     assert sub.take() == [], "what was queued is dropped: the client replays it"
+
+
+async def test_a_subscription_confirmed_late_on_a_busy_loop_is_not_an_outage(monkeypatch):
+    # The first streams of a process come in a burst: Redis confirmed in time, the loop
+    # was too busy to read it. A wall-clock timeout gave ~1,000 streams per process a 503.
+    from sse.backends import redis as redis_backend
+
+    monkeypatch.setattr(redis_backend, "SUBSCRIBE_TIMEOUT", 0.5)
+    broker = redis_backend.RedisBroker(url="redis://127.0.0.1:1/0")
+    loop = asyncio.get_running_loop()
+
+    def busy() -> None:  # each pass of the loop takes 0.3 s, as with thousands of ready requests
+        time.sleep(0.3)
+        if loop.time() < until:
+            loop.call_soon(busy)
+
+    until = loop.time() + 1.5
+    confirmed = loop.create_future()
+    loop.call_soon(busy)
+    loop.call_later(1.0, confirmed.set_result, None)  # Redis answered; the loop sees it late
+    await redis_backend.wait_confirmed(broker, confirmed, "SUBSCRIBE")
+    # On an idle loop a subscription never confirmed is still an outage after the timeout.
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match="no SUBSCRIBE confirmation"):
+        await redis_backend.wait_confirmed(broker, loop.create_future(), "SUBSCRIBE")
+    assert 0.4 < time.monotonic() - started < 1.5
 
 
 async def test_within_does_not_count_the_loops_own_delays():

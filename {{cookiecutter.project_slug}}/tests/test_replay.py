@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import json
+import logging
 
 from django.test import RequestFactory
 
@@ -176,6 +177,22 @@ async def test_health_is_503_when_redis_is_down(settings):
     response = await AsyncClient().get("/health/")
     assert response.status_code == 503
     assert response.json()["redis"] == "unavailable"
+    await hub.aclose()
+
+
+async def test_new_streams_refused_for_an_outage_say_why_once(settings, stream, caplog, monkeypatch):
+    from sse import hub
+    from sse.transports import endpoint
+
+    settings.REDIS_URL = "redis://:secret@127.0.0.1:1/0"
+    monkeypatch.setattr(endpoint, "_unavailable_reported", -endpoint.UNAVAILABLE_REPORT_INTERVAL)
+    with caplog.at_level(logging.WARNING, logger="sse"):
+        for _ in range(3):
+            refused = await stream_response(rf.get(f"/sse/{stream}/"), stream)
+            assert refused.status_code == 503 and refused["Retry-After"] == "5"
+    said = [r.getMessage() for r in caplog.records if "new streams get 503" in r.getMessage()]
+    assert len(said) == 1, said  # one cause, one line, not one per refused stream
+    assert said[0].startswith("sse: new streams get 503: Redis at redis://") and "secret" not in said[0]
     await hub.aclose()
 
 

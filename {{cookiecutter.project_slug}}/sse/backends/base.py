@@ -253,22 +253,26 @@ async def within(awaitable: Awaitable[Any], timeout: float) -> Any:  # noqa: ASY
 
     A timeout measured on a busy loop blames the server for the loop's own delay: a
     burst of thousands of new streams can keep a Daphne process's loop from noticing
-    Redis's answer for seconds. Each tick of 0.1 s counts at most 0.1 s against the
-    budget, however long the loop took to come back; on an idle loop this is a plain
-    timeout.
+    Redis's answer for seconds. The budget is spent in ticks of 0.1 s, and only by ticks
+    the loop came back for on time: a late tick was the loop's own work, not Redis's
+    silence. On an idle loop this is a plain timeout; a loop never on time still gives
+    up after ten times the timeout (at least 10 s).
     """
     task = asyncio.ensure_future(awaitable)
     loop = asyncio.get_running_loop()
     budget, last = timeout, loop.time()
+    give_up = last + max(10 * timeout, 10.0)
     try:
         while True:
-            done, _ = await asyncio.wait({task}, timeout=min(0.1, max(budget, 0.01)))
+            tick = min(0.1, max(budget, 0.01))
+            done, _ = await asyncio.wait({task}, timeout=tick)
             if done:
                 return task.result()
             now = loop.time()
-            budget -= min(now - last, 0.1)
+            if now - last <= 1.5 * tick:
+                budget -= now - last
             last = now
-            if budget <= 0:
+            if budget <= 0 or now >= give_up:
                 raise TimeoutError
     finally:
         if not task.done():

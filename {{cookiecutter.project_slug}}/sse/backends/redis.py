@@ -435,10 +435,14 @@ class RedisFeed:
 
 
 async def wait_confirmed(broker: RedisBroker, confirmed: "asyncio.Future[None]", command: str) -> None:
-    """Until the feed says Redis confirmed the subscription: a 503 after SUBSCRIBE_TIMEOUT."""
+    """Until the feed says Redis confirmed the subscription: a 503 after SUBSCRIBE_TIMEOUT.
+
+    Of the loop's free time (:func:`within`): the first streams of a process arrive in a
+    burst, and a wall-clock timeout failed all of them (a thousand 503s per process in
+    the capacity run) while the loop was too busy to read Redis's confirmation.
+    """
     try:
-        async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
-            await asyncio.shield(confirmed)
+        await within(asyncio.shield(confirmed), SUBSCRIBE_TIMEOUT)
     except TimeoutError:
         raise broker.unavailable(TimeoutError(f"no {command} confirmation")) from None
 

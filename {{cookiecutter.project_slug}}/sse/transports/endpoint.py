@@ -7,7 +7,9 @@ events newer than the last one sent.
 
 import asyncio
 import functools
+import logging
 import random
+import time
 from collections.abc import AsyncIterator
 
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
@@ -31,6 +33,9 @@ from sse.security import access, cors, revocation, tokens
 from sse.security.auth import authorize, get_user, is_public
 from sse.transports.daphne import Writer, direct_writer
 from sse.transports.multi import MultiConnection
+
+log = logging.getLogger("sse")
+UNAVAILABLE_REPORT_INTERVAL = 10.0  # seconds between two warnings about 503s for new streams
 
 
 def plain(status: int, message: str, **headers: str) -> HttpResponse:
@@ -136,6 +141,7 @@ async def open_streams(request: HttpRequest, stream: str | None) -> HttpResponse
             hub.unsubscribe(sub)
         if error := next((r for r in results if not isinstance(r, BrokerUnavailable | Subscription)), None):
             raise error
+        report_unavailable(next(r for r in results if isinstance(r, BrokerUnavailable)))
         return plain(503, "event broker unavailable, retry shortly", Retry_After="5")
     if multi:
         connection: Connection | MultiConnection = MultiConnection(hub, subs, positions, record)
@@ -159,6 +165,21 @@ async def open_streams(request: HttpRequest, stream: str | None) -> HttpResponse
         release = functools.partial(revocation.release, hub, guarded)
         response._resource_closers.append(functools.partial(hub.call, release))
     return response
+
+
+_unavailable_reported = -UNAVAILABLE_REPORT_INTERVAL
+
+
+def report_unavailable(exc: BaseException) -> None:
+    """Say why new streams get 503s: once, then at most every UNAVAILABLE_REPORT_INTERVAL seconds.
+
+    A burst of refusals has one cause; one line per refused stream would bury it.
+    """
+    global _unavailable_reported
+    now = time.monotonic()
+    if now - _unavailable_reported >= UNAVAILABLE_REPORT_INTERVAL:
+        _unavailable_reported = now
+        log.warning("sse: new streams get 503: %s", exc)
 
 
 async def close_frames(scope: dict) -> None:
