@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent(
     logs = []
     class Keep(logging.Handler):
         def emit(self, record):
-            logs.append(record.getMessage())
+            logs.append((record.name, record.getMessage()))
     for name in ("daphne.server", "sse"):
         logging.getLogger(name).addHandler(Keep())
         logging.getLogger(name).propagate = False
@@ -58,6 +58,15 @@ SCRIPT = textwrap.dedent(
             pass
         if scope["path"] == "/stubborn":
             await asyncio.sleep(60)  # ignores the disconnect: the close timeout cancels it
+        if scope["path"] == "/slow-cleanup":
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                await asyncio.sleep(0.3)  # still cleaning up when the next sweep comes
+                cleaned.append(True)
+                raise
+
+    cleaned = []
 
     async def ticks(n=3):
         for _ in range(n):
@@ -102,12 +111,24 @@ SCRIPT = textwrap.dedent(
         out["stubborn_waits"] = p in server.connections
         await asyncio.sleep(0.5)
         out["stubborn_reaped"] = p not in server.connections
-        out["stubborn_warned"] = any("took too long to shut down" in m for m in logs)
+        out["stubborn_warned"] = [n for n, m in logs if "took too long to shut down" in m] == ["daphne.server"]
+
+        # Cancelled and cleaning up: a sweep in the meantime neither warns again nor cuts the cleanup short.
+        p, queue = open_("/slow-cleanup")
+        await ticks()
+        server.protocol_disconnected(p)
+        queue.put_nowait({"type": "http.disconnect"})
+        await asyncio.sleep(0.4)
+        server.application_checker()
+        await asyncio.sleep(0.5)
+        out["cleanup_warned_once"] = len([m for _, m in logs if "took too long to shut down" in m]) == 2
+        out["cleanup_finished"] = cleaned == [True]
+        out["cleanup_reaped"] = p not in server.connections
 
         # An application that raises while connected: logged, and the protocol told.
         p, _ = open_("/raise")
         await ticks()
-        out["raise_logged"] = any(m == "Exception inside application: boom" for m in logs)
+        out["raise_logged"] = ("daphne.server", "Exception inside application: boom") in logs
         out["raise_told"] = p.exceptions == ["boom"]
         server.protocol_disconnected(p)
         out["raise_reaped"] = p not in server.connections
@@ -147,6 +168,9 @@ def test_connections_are_reaped_when_they_end_not_by_a_sweep():
         "stubborn_waits": True,
         "stubborn_reaped": True,
         "stubborn_warned": True,
+        "cleanup_warned_once": True,
+        "cleanup_finished": True,
+        "cleanup_reaped": True,
         "raise_logged": True,
         "raise_told": True,
         "raise_reaped": True,

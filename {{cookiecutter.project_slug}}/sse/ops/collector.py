@@ -28,11 +28,12 @@ DEFAULT = (10_000, 50, 100)
 
 def thresholds(value: Any) -> tuple[int, ...] | None:
     """``SSE_GC_THRESHOLDS`` as three non-negative integers; None for Python's own (an empty value)."""
-    if value is None or value == "" or list(value) in ([], [""]):
+    parts = value.split(",") if isinstance(value, str) else list(value or ())
+    parts = [str(part).strip() for part in parts]
+    if not any(parts):
         return None
-    parts = value.split(",") if isinstance(value, str) else list(value)
     try:
-        numbers = tuple(int(str(part).strip()) for part in parts)
+        numbers = tuple(int(part) for part in parts)
     except ValueError:
         numbers = ()
     if len(numbers) != 3 or min(numbers) < 0:

@@ -20,11 +20,12 @@ a Daphne without them keeps its own sweeps and the server logs one warning.
 
 import asyncio
 import logging
+import sys
 import time
 from typing import Any
 
 log = logging.getLogger("sse")
-daphne_log = logging.getLogger("daphne.server")  # where Daphne logs what its sweep finds
+daphne_log = logging.getLogger("daphne.server")  # what the sweep finds goes where Daphne logs it
 
 SWEEP = 30.0  # seconds between full sweeps, a net for anything no event reached
 # Read on the Server: these methods (replaced), and its connections, application_close_timeout and http_timeout.
@@ -58,7 +59,9 @@ def reap(server: Any, protocol: Any, overdue: bool = False) -> None:
         and not instance.done()
         and (overdue or time.time() - disconnected > server.application_close_timeout)
     ):
-        log.warning(
+        if instance.cancelling():
+            return  # cancelled already and cleaning up: a second cancel would cut its cleanup short
+        daphne_log.warning(
             "Application instance %r for connection %s took too long to shut down and was killed.",
             instance,
             repr(protocol),
@@ -87,8 +90,6 @@ def reap(server: Any, protocol: Any, overdue: bool = False) -> None:
 
 def install() -> bool:
     """Reap Daphne's connections on events (once per process; False where Daphne is not serving)."""
-    import sys
-
     module = sys.modules.get("daphne.server")
     if module is None:
         return False  # not under Daphne: nothing to change
