@@ -163,6 +163,27 @@ async def test_a_subscription_confirmed_late_on_a_busy_loop_is_not_an_outage(mon
     assert 0.4 < time.monotonic() - started < 1.5
 
 
+async def test_a_new_stream_on_a_busy_loop_waits_for_its_connection_to_redis(backend, stream):
+    # A Daphne given a tenth of a core, opening 3,000 streams at once: its loop came back
+    # to the connect to Redis after redis-py's 1 s wall-clock timeout, the feed failed,
+    # and every stream waiting for it got a 503.
+    if backend == "memory":
+        pytest.skip("no connection to make")
+    loop = asyncio.get_running_loop()
+
+    def busy() -> None:  # each pass of the loop takes 0.5 s, as with thousands of ready requests
+        time.sleep(0.5)
+        if loop.time() < until:
+            loop.call_soon(busy)
+
+    until = loop.time() + 3
+    loop.call_soon(busy)
+    sub = await get_hub().subscribe(stream)
+    event_id = await apublish(stream, "n", 1)
+    assert [parse(frame.decode())[0]["id"] for _key, frame in await queued(sub, 1)] == [event_id]
+    get_hub().unsubscribe(sub)
+
+
 async def test_within_does_not_count_the_loops_own_delays():
     # A burst of requests can keep the loop busy for seconds: an answer that came in time
     # but was noticed late is not a timeout; on an idle loop the timeout is as given.

@@ -248,6 +248,11 @@ def _settle(target: asyncio.Future[Any], source: asyncio.Future[Any]) -> None:
         target.set_result(source.result())
 
 
+def backstop(timeout: float) -> float:
+    """The wall-clock limit of a :func:`within` wait of ``timeout``: ten times it, at least 10 s."""
+    return max(10 * timeout, 10.0)
+
+
 async def within(awaitable: Awaitable[Any], timeout: float) -> Any:  # noqa: ASYNC109  (not asyncio.timeout: see below)
     """``awaitable``'s result, or TimeoutError once ``timeout`` seconds of the loop's free time passed.
 
@@ -261,7 +266,7 @@ async def within(awaitable: Awaitable[Any], timeout: float) -> Any:  # noqa: ASY
     task = asyncio.ensure_future(awaitable)
     loop = asyncio.get_running_loop()
     budget, last = timeout, loop.time()
-    give_up = last + max(10 * timeout, 10.0)
+    give_up = last + backstop(timeout)
     try:
         while True:
             tick = min(0.1, max(budget, 0.01))

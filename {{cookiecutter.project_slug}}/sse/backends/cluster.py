@@ -77,12 +77,12 @@ class ClusterBroker(RedisBroker):
         extra.pop("timeout", None)  # the cluster's pools do not block
         extra.pop("retry", None)  # it retries redirections and failovers itself
         startup = [acluster.ClusterNode(host, port) for host, port in self.nodes]
-        return acluster.RedisCluster(startup_nodes=startup, **self.options, **extra)
+        return acluster.RedisCluster(startup_nodes=startup, **{**self.aoptions, **extra})
 
     def node_client(self, host: str, port: int) -> aredis.Redis:
         """A plain connection to one node, for its sharded pub/sub."""
         # No silent retries: a reconnect hidden from the feed would skip its catch-up.
-        return aredis.Redis(host=host, port=port, **self.options, retry=AsyncRetry(NoBackoff(), 0))
+        return aredis.Redis(host=host, port=port, **{**self.aoptions, "retry": AsyncRetry(NoBackoff(), 0)})
 
     def close(self) -> None:
         if self._sync_cluster is not None:

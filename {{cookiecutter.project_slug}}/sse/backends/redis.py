@@ -21,7 +21,17 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from sse.backends.base import Broker, BrokerFull, BrokerUnavailable, Entry, Feed, Sink, prepare, within
+from sse.backends.base import (
+    Broker,
+    BrokerFull,
+    BrokerUnavailable,
+    Entry,
+    Feed,
+    Sink,
+    backstop,
+    prepare,
+    within,
+)
 from sse.conf import setting
 from sse.encoding import (
     format_id,
@@ -144,9 +154,22 @@ class RedisBroker(Broker):
             return f"Redis (Sentinel master {self.master!r} via {hosts})"
         return f"Redis at {redacted(self.url or '')}"
 
-    def _sentinel_options(self, **extra: Any) -> dict[str, Any]:
-        options = {k: v for k, v in setting("REDIS_SENTINEL_OPTIONS", {}).items() if v is not None}
-        return {**self.options, **options, **extra}
+    @property
+    def aoptions(self) -> dict[str, Any]:
+        """The async clients' options: their connect timeout is only :func:`within`'s backstop.
+
+        A connect on a loop busy with a burst of new streams resumes late, and redis-py's
+        wall-clock timeout then failed it: the feed's connection first, and with it every
+        stream waiting for its subscription (3,000 of 3,000 streams opened at once on a
+        Daphne given a tenth of a core got a 503). The feed bounds its connect by the
+        loop's free time instead (:meth:`RedisFeed.listen`); new streams wait on the feed,
+        so with Redis down they still get their 503 after ``SSE_REDIS_CONNECT_TIMEOUT``.
+        """
+        return {**self.options, "socket_connect_timeout": backstop(self.options["socket_connect_timeout"])}
+
+    def _sentinel_options(self, options: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        given = {k: v for k, v in setting("REDIS_SENTINEL_OPTIONS", {}).items() if v is not None}
+        return {**options, **given, **extra}
 
     def key(self, stream: str) -> str:
         return f"{self.prefix}:{stream}"
@@ -160,7 +183,8 @@ class RedisBroker(Broker):
             if self._sync is None:
                 if self.sentinels:
                     sentinel = redis.sentinel.Sentinel(self.sentinels, sentinel_kwargs=SENTINEL_KWARGS)
-                    self._sync = sentinel.master_for(self.master, **self._sentinel_options(retry=Retry(NoBackoff(), 1)))
+                    options = self._sentinel_options(self.options, retry=Retry(NoBackoff(), 1))
+                    self._sync = sentinel.master_for(self.master, **options)
                 else:
                     self._sync = redis.Redis.from_url(self.url, **self.options, retry=Retry(NoBackoff(), 1))
             return self._sync
@@ -182,11 +206,11 @@ class RedisBroker(Broker):
         if self.sentinels:
             sentinel = aredis.sentinel.Sentinel(self.sentinels, sentinel_kwargs=SENTINEL_KWARGS)
             extra.pop("timeout", None)  # the Sentinel pool does not block
-            return sentinel.master_for(self.master, **self._sentinel_options(**extra))
+            return sentinel.master_for(self.master, **self._sentinel_options(self.aoptions, **extra))
+        options = {**self.aoptions, **extra}
         if "max_connections" in extra:
-            pool = aredis.BlockingConnectionPool.from_url(self.url, **self.options, **extra)
-            return aredis.Redis(connection_pool=pool)
-        return aredis.Redis.from_url(self.url, **self.options, **extra)
+            return aredis.Redis(connection_pool=aredis.BlockingConnectionPool.from_url(self.url, **options))
+        return aredis.Redis.from_url(self.url, **options)
 
     async def aclose(self) -> None:
         client = self._async.pop(asyncio.get_running_loop(), None)
