@@ -5,6 +5,8 @@ Clients are tests/sse_client.py: raw sockets and an independent parser.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import http.client
 import json
 import re
@@ -713,6 +715,34 @@ def test_a_thousand_connect_disconnect_cycles_leave_nothing_behind(project, redi
     )
     assert growth_mb < 5, f"RSS grew {growth_mb:.1f} MB over the second 1,000 cycles"
     keep.close()
+
+
+def open_at_once(port: int, paths: list[str], timeout: float = 120) -> collections.Counter:
+    """Send every request before reading any answer, as browsers reconnecting after a restart: their statuses."""
+
+    async def one(path: str) -> tuple[asyncio.StreamWriter, str]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode())
+        status = (await reader.readline()).split(b" ")
+        return writer, status[1].decode() if len(status) > 1 else "no answer"
+
+    async def run() -> collections.Counter:
+        answers = await asyncio.wait_for(asyncio.gather(*(one(path) for path in paths)), timeout)
+        for writer, _ in answers:
+            writer.close()
+        return collections.Counter(status for _, status in answers)
+
+    return asyncio.run(run())
+
+
+def test_a_burst_of_new_streams_each_its_own_all_open(project, redis_server, start_daphne):
+    # Users' private streams after a restart: every client a stream of its own, all at
+    # once. In channels mode each is a group_add, and channels-redis' pool refused
+    # connections past its size: 2,900 of 3,000 got a 503 "Too many connections".
+    daphne = start_daphne()
+    assert open_at_once(daphne.port, [f"/sse/burst-{n}/" for n in range(600)]) == {"200": 600}
+    assert "Too many connections" not in daphne.output()
+    assert "Service Unavailable" not in daphne.output()
 
 
 def test_two_streams_on_one_connection_replay_exactly_the_missed_events(project, redis_server, start_daphne):

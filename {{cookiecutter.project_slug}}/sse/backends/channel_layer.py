@@ -20,11 +20,17 @@ from typing import Any
 import redis
 from channels.layers import get_channel_layer
 
-from sse.backends.base import BrokerFull, BrokerUnavailable, Sink
+from sse.backends.base import BrokerFull, BrokerUnavailable, Sink, within
 from sse.conf import setting
 from sse.encoding import InvalidEvent, payload, validate_event_name
 
 HEALTH_GROUP = "sse-health"
+# At most this many group_add / group_discard at once per process. channels-redis' pool
+# refuses a connection beyond its max_connections (100 in settings) instead of waiting
+# for one: 3,000 new streams opened at once, each its own (users' private streams after
+# a restart), got 2,900 503s "Too many connections". The rest of the pool stays free
+# for the project's own group_send.
+JOINS = 20
 
 log = logging.getLogger("sse")
 
@@ -37,6 +43,7 @@ class LayerFeed:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.refresher: asyncio.Task[None] | None = None
         self.failing = False
+        self.joining = asyncio.Semaphore(JOINS)
 
     async def watch(self, stream: str) -> None:
         if stream in self.channels:
@@ -51,10 +58,11 @@ class LayerFeed:
     async def join(self, stream: str, channel: str) -> None:
         """``group_add``, with the layer's Redis errors as the broker's: the stream gets a 503."""
         # redis-py retries a failed connection and waits its socket timeout for an
-        # answer: bounded like the broker's connection, so the client is not kept waiting.
+        # answer: bounded like the broker's connection, so the client is not kept waiting;
+        # by the loop's free time, as a burst of new streams keeps the loop busy.
         try:
-            async with asyncio.timeout(setting("SSE_REDIS_CONNECT_TIMEOUT", 1.0) * 2):
-                await self.layer.group_add(stream, channel)
+            async with self.joining:
+                await within(self.layer.group_add(stream, channel), setting("SSE_REDIS_CONNECT_TIMEOUT", 1.0) * 2)
         except redis.exceptions.OutOfMemoryError as exc:
             full = "the channel layer's Redis is out of memory (maxmemory reached, writes refused)"
             raise BrokerFull(f"{full}: {exc}") from None
@@ -77,7 +85,8 @@ class LayerFeed:
         channel = self.channels.pop(stream, None)
         if channel is not None:
             self.tasks.pop(stream).cancel()
-            await self.layer.group_discard(stream, channel)
+            async with self.joining:
+                await self.layer.group_discard(stream, channel)
 
     async def receive(self, stream: str, channel: str) -> None:
         while True:
