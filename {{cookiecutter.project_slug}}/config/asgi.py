@@ -39,7 +39,6 @@ import django
 from django.core.handlers.asgi import ASGIHandler
 
 from sse.transports.daphne import guard
-from sse.transports.inline import StreamHandler
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -69,6 +68,7 @@ class Handler(ASGIHandler):
 django.setup(set_prefix=False)
 from sse.ops import checks, startup  # noqa: E402
 from sse.transports.endpoint import close_frames  # noqa: E402  (needs the app registry)
+from sse.transports.inline import StreamHandler  # noqa: E402  (as does this)
 
 checks.fail_fast()
 application = startup.serve_static_in_debug(Handler())

@@ -9,9 +9,11 @@ from typing import ClassVar
 import pytest
 from asgiref.sync import SyncToAsync, sync_to_async
 from asgiref.testing import ApplicationCommunicator
+from django.conf import settings as django_settings
 from django.contrib.auth.models import User
 from django.core.handlers.asgi import ASGIRequest
-from django.core.signals import request_finished
+from django.core.signals import request_finished, request_started
+from django.db import connections
 from django.http import HttpRequest
 from django.test import AsyncClient
 from django.utils.deprecation import MiddlewareMixin
@@ -131,7 +133,7 @@ class CountingExecutor(ThreadPoolExecutor):
         return super().submit(*args, **kwargs)
 
 
-async def asgi_get(path: str, headers=()) -> tuple[ApplicationCommunicator, dict, dict]:
+async def asgi_get(path: str, headers=(), wait: float = 5) -> tuple[ApplicationCommunicator, dict, dict]:
     """A GET through config.asgi, as Daphne calls it (not Django's test handler)."""
     from config.asgi import application
 
@@ -150,15 +152,15 @@ async def asgi_get(path: str, headers=()) -> tuple[ApplicationCommunicator, dict
     }
     comm = ApplicationCommunicator(application, scope)
     await comm.send_input({"type": "http.request", "body": b"", "more_body": False})
-    start = await comm.receive_output(5)
+    start = await comm.receive_output(wait)
     return comm, start, {k.decode().lower(): v.decode() for k, v in start["headers"]}
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_opening_a_stream_hands_djangos_sync_thread_one_job_not_one_per_hook(backend, stream, monkeypatch):
+async def test_a_public_stream_hands_djangos_sync_thread_no_job_from_open_to_close(backend, stream, monkeypatch):
     # Django runs each MiddlewareMixin hook of an async request in its one sync
-    # thread: a dozen hand-offs per stream with the default stack. Only the
-    # request_started signal (closing stale database connections) needs it.
+    # thread (a dozen hand-offs per stream with the default stack), and the request
+    # signals' receivers too: with only Django's own listening, a public stream needs none.
     executor = CountingExecutor()
     monkeypatch.setattr(SyncToAsync, "single_thread_executor", executor)
     comm, start, headers = await asgi_get(f"/sse/{stream}/")
@@ -166,7 +168,65 @@ async def test_opening_a_stream_hands_djangos_sync_thread_one_job_not_one_per_ho
     assert headers["x-content-type-options"] == "nosniff"  # SecurityMiddleware still ran
     assert headers["x-frame-options"] == "DENY"  # and XFrameOptionsMiddleware
     assert "cookie" in headers["vary"].lower()  # and SessionMiddleware's response hook
-    assert executor.calls <= 1, f"{executor.calls} hand-offs to the sync thread"
+    await comm.send_input({"type": "http.disconnect"})
+    await comm.wait(5)
+    assert executor.calls == 0, f"{executor.calls} hand-offs to the sync thread"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_busy_sync_thread_does_not_hold_up_public_streams(backend, stream):
+    # A slow query elsewhere holds Django's one sync thread: streams still open and close.
+    release = threading.Event()
+    busy = asyncio.ensure_future(sync_to_async(release.wait, thread_sensitive=True)(10))
+    await asyncio.sleep(0.05)
+    try:
+        comm, start, _ = await asgi_get(f"/sse/{stream}/", wait=2)
+        assert start["status"] == 200
+        await comm.send_input({"type": "http.disconnect"})
+        await comm.wait(2)
+        assert not busy.done()
+    finally:
+        release.set()
+        await busy
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_projects_own_request_signal_receivers_still_run_in_the_sync_thread(backend, stream):
+    # A receiver may query the database, which Django refuses on the event loop's thread.
+    seen = []
+
+    def receiver(sender, **kwargs):
+        seen.append(threading.get_ident())
+
+    request_started.connect(receiver)
+    request_finished.connect(receiver)
+    try:
+        comm, start, _ = await asgi_get(f"/sse/{stream}/")
+        assert start["status"] == 200
+        await comm.send_input({"type": "http.disconnect"})
+        await comm.wait(5)
+    finally:
+        request_started.disconnect(receiver)
+        request_finished.disconnect(receiver)
+    assert len(seen) == 2 and threading.get_ident() not in seen
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_stream_that_read_the_database_closes_the_threads_connection_once_open(backend, stream, settings):
+    # Django closes a request's connections at request_finished, which a stream sends
+    # hours later: the thread that loaded the session closes its connection now.
+    settings.SSE_PUBLIC_STREAMS = []
+    user = await User.objects.acreate_user(f"u-{stream}", password="x")
+    client = AsyncClient()
+    await client.aforce_login(user)
+    cookie = client.cookies[django_settings.SESSION_COOKIE_NAME].value
+    cookie_header = f"{django_settings.SESSION_COOKIE_NAME}={cookie}".encode()
+    await sync_to_async(connections["default"].ensure_connection)()
+    comm, start, _ = await asgi_get(f"/sse/user.{user.pk}/", [(b"host", b"testserver"), (b"cookie", cookie_header)])
+    assert start["status"] == 200
+    in_memory = getattr(connections["default"], "is_in_memory_db", lambda: False)()
+    if not in_memory:  # SQLite's in-memory test database is never closed
+        assert await sync_to_async(lambda: connections["default"].connection)() is None
     await comm.send_input({"type": "http.disconnect"})
     await comm.wait(5)
 

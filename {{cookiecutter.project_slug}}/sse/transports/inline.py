@@ -10,6 +10,11 @@ inline; where one could touch the database (a session to save, the CSRF secret k
 in the session) it still goes to the thread. Any other middleware, subclasses
 included, runs exactly as Django runs it.
 
+The request signals go to the thread only for receivers other than Django's own
+(:data:`OWN_RECEIVERS`): those two hand-offs were a quarter of the CPU of opening and
+closing a stream. What they did there, closing the thread's database connections, is
+done once the stream has opened, when it used that thread.
+
 :meth:`StreamHandler.handle` is Django's ``ASGIHandler.handle`` in the stream's
 one task: Django's runs two more (one waiting for the disconnect, one for the
 response) and an ``asyncio.wait``, about 3 KB for as long as the stream is open.
@@ -22,13 +27,25 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.conf import settings
 from django.core import signals
+from django.core.cache import close_caches
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.core.handlers.base import reset_urlconf
+from django.db import close_old_connections, reset_queries
+from django.dispatch import Signal
 from django.http import HttpRequest, HttpResponseBase
 from django.urls import set_script_prefix
+from django.utils.deprecation import MiddlewareMixin
+
+from sse.security.auth import may_have_used_database
+
+# Django's receivers of request_started and request_finished. On the event loop's thread
+# the database ones find no connection (connections are per thread, and this one may not
+# open any); reset_urlconf and close_caches act on the request's context, as in the thread.
+OWN_RECEIVERS = frozenset({reset_queries, close_old_connections, reset_urlconf, close_caches})
 
 
 def _session_response_is_pure(request: HttpRequest) -> bool:
@@ -65,6 +82,20 @@ INLINE: dict[str, dict[str, Callable[[HttpRequest], bool]]] = {
         "process_response": _session_response_is_pure,  # messages may go to the session
     },
 }
+
+
+def inline_signal(signal: Signal, sender: type) -> bool:
+    """Whether ``signal``'s receivers are all Django's own: then it is sent on the loop's thread."""
+    sync, asynchronous = signal._live_receivers(sender)  # what Signal.asend reads
+    return not asynchronous and all(receiver in OWN_RECEIVERS for receiver in sync)
+
+
+async def send_signal(signal: Signal, sender: type, **named: Any) -> None:
+    """``signal.asend``, without the hand-off to the sync thread when only Django's receivers listen."""
+    if inline_signal(signal, sender):
+        signal.send(sender=sender, **named)
+    else:
+        await signal.asend(sender=sender, **named)
 
 
 def _rules(instance: object) -> dict[str, Callable[[HttpRequest], bool]] | None:
@@ -110,6 +141,8 @@ class Disconnect:
 class StreamHandler(ASGIHandler):
     """Django's ASGI handler with the listed middleware hooks inline, in one task per request."""
 
+    threaded = False  # whether a middleware outside INLINE runs its hooks in the sync thread
+
     async def handle(self, scope: dict, receive: Callable, send: Callable) -> None:
         """``ASGIHandler.handle``, the same steps and signals, without its two extra tasks.
 
@@ -124,7 +157,7 @@ class StreamHandler(ASGIHandler):
         except RequestAborted:
             return
         set_script_prefix(get_script_prefix(scope))
-        await signals.request_started.asend(sender=self.__class__, scope=scope)
+        await send_signal(signals.request_started, self.__class__, scope=scope)
         request, error_response = self.create_request(scope, body_file)
         if request is None:
             body_file.close()
@@ -137,6 +170,9 @@ class StreamHandler(ASGIHandler):
         response = None
         try:
             response = await self.run_get_response(request)
+            if self.threaded or may_have_used_database(request):
+                # What request_finished does in the thread, now rather than in hours.
+                await sync_to_async(close_old_connections)()
             if response.streaming and request.close in response._resource_closers:
                 # Django closes the request (its uploaded files) with the response,
                 # which keeps it (META, session, messages, body file: some 7 KB)
@@ -154,7 +190,9 @@ class StreamHandler(ASGIHandler):
             disconnect.armed = False
             message.cancel()
             if response is None:
-                await signals.request_finished.asend(sender=self.__class__)
+                await send_signal(signals.request_finished, self.__class__)
+            elif inline_signal(signals.request_finished, self.__class__):
+                response.close()  # the request's closers (files of no upload) and the signal
             else:
                 await sync_to_async(response.close)()
             body_file.close()
@@ -167,9 +205,12 @@ class StreamHandler(ASGIHandler):
         # wrapper keeping its instance in __wrapped__ and the instance the next
         # wrapper in get_response: follow it and give the listed ones an inline __acall__.
         handler = self._middleware_chain
+        self.threaded = False
         while (instance := getattr(handler, "__wrapped__", None)) is not None:
             if _rules(instance) is not None and getattr(instance, "async_mode", False):
                 instance.__acall__ = types.MethodType(_acall, instance)
+            elif isinstance(instance, MiddlewareMixin) or not iscoroutinefunction(instance):
+                self.threaded = True  # Django runs its hooks, or all of it, in the sync thread
             handler = getattr(instance, "get_response", None)
 
     def adapt_method_mode(
