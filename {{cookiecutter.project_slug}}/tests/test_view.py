@@ -245,8 +245,10 @@ async def test_the_stream_path_still_validates_hosts_redirects_and_runs_other_mi
         assert start["status"] == 301 and headers["location"].startswith("https://")
         settings.SECURE_SSL_REDIRECT = False
         # A middleware the project adds runs as Django runs it, in the sync thread.
+        assert not application.streams.threaded, "Django's own middleware runs on the loop's thread"
         settings.MIDDLEWARE = [*settings.MIDDLEWARE, "tests.test_view.ThreadRecorder"]
         application.streams.load_middleware(is_async=True)
+        assert application.streams.threaded, "its database connections are closed once a stream opens"
         comm, start, _ = await asgi_get(f"/sse/{stream}/")
         assert start["status"] == 200
         assert ThreadRecorder.threads and threading.get_ident() not in ThreadRecorder.threads

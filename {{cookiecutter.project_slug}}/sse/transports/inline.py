@@ -209,7 +209,11 @@ class StreamHandler(ASGIHandler):
         while (instance := getattr(handler, "__wrapped__", None)) is not None:
             if _rules(instance) is not None and getattr(instance, "async_mode", False):
                 instance.__acall__ = types.MethodType(_acall, instance)
-            elif isinstance(instance, MiddlewareMixin) or not iscoroutinefunction(instance):
+            elif instance != self._get_response_async and (
+                isinstance(instance, MiddlewareMixin)
+                or not iscoroutinefunction(instance)
+                or not hasattr(instance, "get_response")  # the walk ends here: what follows is unknown
+            ):
                 self.threaded = True  # Django runs its hooks, or all of it, in the sync thread
             handler = getattr(instance, "get_response", None)
 
