@@ -1,9 +1,12 @@
 import asyncio
+import contextlib
 import os
+import threading
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
-from asgiref.sync import SyncToAsync
+from asgiref.sync import SyncToAsync, sync_to_async
 from django.db import connections
 from hypothesis import settings as hypothesis_settings
 
@@ -49,6 +52,19 @@ def _close_shared_thread_connections():
     """
     yield
     SyncToAsync.single_thread_executor.submit(connections.close_all).result()
+
+
+@contextlib.asynccontextmanager
+async def busy_sync_thread() -> AsyncIterator[asyncio.Future]:
+    """Django's one sync thread held for as long as the block runs, as by a slow query elsewhere."""
+    release = threading.Event()
+    busy = asyncio.ensure_future(sync_to_async(release.wait, thread_sensitive=True)(10))
+    await asyncio.sleep(0.05)
+    try:
+        yield busy
+    finally:
+        release.set()
+        await busy
 
 
 @pytest.fixture

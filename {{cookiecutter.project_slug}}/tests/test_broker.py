@@ -137,6 +137,19 @@ async def test_a_client_too_far_behind_is_closed(backend, stream, settings):
     assert sub.take() == [], "what was queued is dropped: the client replays it"
 
 
+def keep_the_loop_busy(passes: float, for_seconds: float) -> None:
+    """From now on, each pass of the running loop takes ``passes`` seconds, as with thousands of ready requests."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + for_seconds
+
+    def busy() -> None:  # the loop's thread blocked, as by a pass over many callbacks
+        time.sleep(passes)
+        if loop.time() < until:
+            loop.call_soon(busy)
+
+    loop.call_soon(busy)
+
+
 async def test_a_subscription_confirmed_late_on_a_busy_loop_is_not_an_outage(monkeypatch):
     # The first streams of a process come in a burst: Redis confirmed in time, the loop
     # was too busy to read it. A wall-clock timeout gave ~1,000 streams per process a 503.
@@ -145,15 +158,8 @@ async def test_a_subscription_confirmed_late_on_a_busy_loop_is_not_an_outage(mon
     monkeypatch.setattr(redis_backend, "SUBSCRIBE_TIMEOUT", 0.5)
     broker = redis_backend.RedisBroker(url="redis://127.0.0.1:1/0")
     loop = asyncio.get_running_loop()
-
-    def busy() -> None:  # each pass of the loop takes 0.3 s, as with thousands of ready requests
-        time.sleep(0.3)
-        if loop.time() < until:
-            loop.call_soon(busy)
-
-    until = loop.time() + 1.5
+    keep_the_loop_busy(0.3, for_seconds=1.5)
     confirmed = loop.create_future()
-    loop.call_soon(busy)
     loop.call_later(1.0, confirmed.set_result, None)  # Redis answered; the loop sees it late
     await redis_backend.wait_confirmed(broker, confirmed, "SUBSCRIBE")
     # On an idle loop a subscription never confirmed is still an outage after the timeout.
@@ -167,15 +173,7 @@ async def test_a_new_stream_on_a_busy_loop_waits_for_its_connection_to_redis(bac
     # A Daphne given a tenth of a core, opening 3,000 streams at once: its loop came back
     # to the connect to Redis after redis-py's 1 s wall-clock timeout, the feed failed,
     # and every stream waiting for it got a 503.
-    loop = asyncio.get_running_loop()
-
-    def busy() -> None:  # each pass of the loop takes 0.5 s, as with thousands of ready requests
-        time.sleep(0.5)
-        if loop.time() < until:
-            loop.call_soon(busy)
-
-    until = loop.time() + 3
-    loop.call_soon(busy)
+    keep_the_loop_busy(0.5, for_seconds=3)
     sub = await get_hub().subscribe(stream)
     event_id = await apublish(stream, "n", 1)
     assert [parse(frame.decode())[0]["id"] for _key, frame in await queued(sub, 1)] == [event_id]
@@ -185,15 +183,7 @@ async def test_a_new_stream_on_a_busy_loop_waits_for_its_connection_to_redis(bac
 async def test_within_does_not_count_the_loops_own_delays():
     # A burst of requests can keep the loop busy for seconds: an answer that came in time
     # but was noticed late is not a timeout; on an idle loop the timeout is as given.
-    loop = asyncio.get_running_loop()
-
-    def busy() -> None:  # the loop's thread blocked, as by thousands of ready callbacks
-        time.sleep(0.3)
-        if loop.time() < until:
-            loop.call_soon(busy)
-
-    until = loop.time() + 1.5
-    loop.call_soon(busy)
+    keep_the_loop_busy(0.3, for_seconds=1.5)
     started = time.monotonic()
     assert await within(asyncio.sleep(1.2, result="answer"), 0.8) == "answer"
     assert time.monotonic() - started >= 1.2

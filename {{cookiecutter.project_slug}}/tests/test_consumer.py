@@ -1,10 +1,8 @@
 """channels mode: the consumer as Daphne runs it, through config.asgi's router."""
 
 import asyncio
-import threading
 
 import pytest
-from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import ApplicationCommunicator
 from django.contrib.auth.models import User
@@ -13,7 +11,7 @@ from django.test import AsyncClient
 from config.asgi import application
 from sse import apublish
 from sse.hub import get_hub
-from tests.conftest import parse
+from tests.conftest import busy_sync_thread, parse
 
 # Channels closes stale database connections around every handler, as Django does per request.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -187,10 +185,7 @@ async def test_a_busy_sync_thread_does_not_hold_up_public_streams(backend, strea
     # Channels hands every message, and again every disconnect, to Django's one sync
     # thread to close stale database connections; a public stream uses no database.
     # With that thread busy (a slow query elsewhere), streams must still open and close.
-    release = threading.Event()
-    busy = asyncio.ensure_future(sync_to_async(release.wait, thread_sensitive=True)(10))
-    await asyncio.sleep(0.05)
-    try:
+    async with busy_sync_thread() as busy:
         comm = ApplicationCommunicator(application, scope(f"/sse/{stream}/"))
         await comm.send_input({"type": "http.request", "body": b"", "more_body": False})
         start_msg = await comm.receive_output(2)
@@ -198,9 +193,6 @@ async def test_a_busy_sync_thread_does_not_hold_up_public_streams(backend, strea
         await comm.send_input({"type": "http.disconnect"})
         await comm.wait(2)
         assert not busy.done()
-    finally:
-        release.set()
-        await busy
 
 
 async def test_an_open_stream_holds_two_tasks_and_still_ends_on_disconnect(backend, stream):

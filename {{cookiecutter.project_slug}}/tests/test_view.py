@@ -20,7 +20,7 @@ from django.utils.deprecation import MiddlewareMixin
 
 from sse import apublish
 from sse.hub import get_hub
-from tests.conftest import data_events, read_until
+from tests.conftest import busy_sync_thread, data_events, read_until
 
 
 async def test_stream_headers_and_events(backend, stream):
@@ -176,18 +176,12 @@ async def test_a_public_stream_hands_djangos_sync_thread_no_job_from_open_to_clo
 @pytest.mark.django_db(transaction=True)
 async def test_a_busy_sync_thread_does_not_hold_up_public_streams(backend, stream):
     # A slow query elsewhere holds Django's one sync thread: streams still open and close.
-    release = threading.Event()
-    busy = asyncio.ensure_future(sync_to_async(release.wait, thread_sensitive=True)(10))
-    await asyncio.sleep(0.05)
-    try:
+    async with busy_sync_thread() as busy:
         comm, start, _ = await asgi_get(f"/sse/{stream}/", wait=2)
         assert start["status"] == 200
         await comm.send_input({"type": "http.disconnect"})
         await comm.wait(2)
         assert not busy.done()
-    finally:
-        release.set()
-        await busy
 
 
 @pytest.mark.django_db(transaction=True)
