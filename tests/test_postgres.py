@@ -33,6 +33,7 @@ def test_generated_suite_passes_against_postgres_and_redis(project: Project, pos
     env["DJANGO_SETTINGS_MODULE"] = "config.test_settings"  # the suite's own, as pyproject.toml names it
     result = project.run("-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", env=env, check=False)
     assert_suite_passed_with_redis(result.stdout)
+    assert "SSE_TEST_DATABASE_URL" not in result.stdout, "what SQLite skips ran here"
     # pytest-django made (and dropped) test_<name> on this server: the suite ran on PostgreSQL.
     assert f"database=test_{name}" in postgres_server.log.read_text(errors="replace")
 
