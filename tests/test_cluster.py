@@ -376,7 +376,9 @@ def test_generated_suite_runs_its_cluster_tests_against_the_cluster(project, red
     summary = result.stdout.strip().splitlines()[-1]
     assert " passed" in summary and "failed" not in summary and "error" not in summary, result.stdout[-5000:]
     assert int(summary.split(" passed")[0].split()[-1]) >= 50, summary
-    assert "SKIPPED" not in result.stdout, "the cluster tests ran"
+    # The cluster tests ran; on SQLite, only what needs a database Django closes skips.
+    skips = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert all("run with SSE_TEST_DATABASE_URL" in line for line in skips), skips
 
 
 def test_bench_runs_the_fan_out_on_a_cluster(project, tmp_path):
