@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -331,30 +332,34 @@ def source_addresses(count: int) -> list[str]:
 
 
 def merge(replies: list[dict]) -> dict:
-    """One phase's results from every load generator: counts summed, latencies from histograms."""
-    hist: dict[int, int] = {}
-    for reply in replies:
-        for ms, count in reply["histogram_ms"].items():
-            hist[int(ms)] = hist.get(int(ms), 0) + count
+    """One phase's results from every load generator: counts summed, latencies from histograms.
+
+    ``ms_to``: when the bytes reached the clients' sockets (the kernel's time); ``read_ms_to``:
+    when the load generator processes got round to reading them.
+    """
     total = {
         key: sum(r[key] for r in replies)
         for key in ("clients", "expected", "delivered", "lost", "duplicated", "out_of_order", "stray", "malformed")
     }
     total["complete_clients"] = sum(r["complete_clients"] for r in replies)
-
-    def at(fraction: float) -> float | None:
-        """ms by which ``fraction`` of the expected deliveries had arrived (None: never)."""
-        need = math.ceil(fraction * total["expected"])
-        seen = 0
-        for ms in sorted(hist):
-            seen += hist[ms]
-            if seen >= need:
-                return ms
-        return None
-
-    total["ms_to"] = {"50%": at(0.5), "99%": at(0.99), "100%": at(1.0)}
-    total["histogram_ms"] = {str(k): hist[k] for k in sorted(hist)}
+    for name, out in (("histogram_ms", "ms_to"), ("read_histogram_ms", "read_ms_to")):
+        hist: dict[int, int] = {}
+        for reply in replies:
+            for ms, count in reply.get(name, {}).items():
+                hist[int(ms)] = hist.get(int(ms), 0) + count
+        total[out] = {f"{q:.0%}": reached(hist, q * total["expected"]) for q in (0.5, 0.99, 1.0)}
+        total[name] = {str(k): hist[k] for k in sorted(hist)}
     return total
+
+
+def reached(hist: dict[int, int], need: float) -> int | None:
+    """The ms by which ``need`` deliveries of the histogram had happened (None: never)."""
+    seen = 0
+    for ms in sorted(hist):
+        seen += hist[ms]
+        if seen >= math.ceil(need):
+            return ms
+    return None
 
 
 def sum_counts(replies: list[dict]) -> dict:
@@ -574,6 +579,8 @@ def machine(args: argparse.Namespace, redis: bench.Redis) -> dict:
     info = bench.machine(redis, [], bench.Config(pin=False))
     info.pop("packages", None)
     info["pinning"] = "none: every process shares every core, as on a real server"
+    # The load generator processes run on this interpreter and take uvloop when it is there.
+    info["uvloop_in_load_generator"] = importlib.util.find_spec("uvloop") is not None
     nginx = subprocess.run([nginx_binary(), "-v"], capture_output=True, text=True)
     info["nginx"] = (nginx.stderr or nginx.stdout).strip().split("/")[-1]
     info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
@@ -593,7 +600,10 @@ async def main_async(args: argparse.Namespace) -> None:
     redis = bench.Redis(workdir, pin=False)
     data = {
         "machine": machine(args, redis),
-        "config": {k: v for k, v in vars(args).items() if k not in ("build", "out")},
+        "config": {
+            **{k: v for k, v in vars(args).items() if k not in ("build", "out")},
+            "load_generators": math.ceil(args.streams / PER_WORKER),
+        },
         "results": [],
     }
     started = time.monotonic()

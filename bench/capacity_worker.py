@@ -95,7 +95,7 @@ class Worker:
         cmd = msg["cmd"]
         if cmd == "open":
             if self.gen is None:
-                self.gen = loadgen.LoadGen("127.0.0.1", msg["port"])
+                self.gen = loadgen.LoadGen("127.0.0.1", msg["port"], raw=True)
                 self.gen.host_header = msg.get("host", self.gen.host_header)
             self.path, self.sources = msg["path"], msg["sources"]
             per_source = math.ceil(msg["n"] / len(self.sources))
@@ -140,9 +140,7 @@ class Worker:
         raise ValueError(f"unknown command {cmd!r}")
 
     def source_of(self, client: loadgen.Client) -> str:
-        transport = client.transport
-        sockname = transport.get_extra_info("sockname") if transport else None
-        return sockname[0] if sockname else self.sources[0]
+        return getattr(client, "source", None) or self.sources[0]
 
     def summary(self, complete: bool) -> dict:
         assert self.phase is not None
@@ -150,6 +148,7 @@ class Worker:
         result = phase.summary()
         result["all_complete"] = complete
         result["histogram_ms"] = histogram(phase.latencies)
+        result["read_histogram_ms"] = histogram(phase.read_latencies)
         done = [c.done_at for c in phase.clients if c.done_at]
         result["last_done_at"] = max(done) if done else None
         return result

@@ -8,15 +8,19 @@ close-delimited bodies), so what it counts is what the server put on the wire.
 Every published event carries JSON data ``{"p": phase, "s": seq, "t": publish time}``.
 Each client counts, per phase, which sequence numbers it saw: lost, duplicated, out of
 order, and the latency from ``t`` (time.time() in the publisher, same machine) to the
-moment the bytes were read.
+moment the bytes arrived (``SocketClient``: the kernel's receive time) or were read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import json
 import math
+import os
+import socket
+import struct
 import time
 from collections.abc import Callable, Sequence
 
@@ -155,7 +159,8 @@ class Phase:
     def __init__(self, tag: str, n: int, clients: Sequence[Client]) -> None:
         self.tag, self.n = tag, n
         self.clients = list(clients)
-        self.latencies: list[float] = []
+        self.latencies: list[float] = []  # publish to arrival
+        self.read_latencies: list[float] = []  # publish to the moment this process read it
         self.delivered = self.dup = self.ooo = self.stray = self.bad = 0
         self.complete = 0  # clients that have all n events
         self.first_at = self.last_at = 0.0
@@ -241,17 +246,23 @@ class Client(asyncio.Protocol):
         self.last_seq = -1
         self.done_at = 0.0
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def request(self) -> bytes:
         extra = f"Last-Event-ID: {self.request_last_id}\r\n" if self.request_last_id else ""
-        request = (
+        return (
             f"GET {self.path} HTTP/1.1\r\nHost: {self.gen.host_header}\r\nAccept: text/event-stream\r\n"
             f"Cache-Control: no-cache\r\n{extra}\r\n"
-        )
-        transport.write(request.encode())  # type: ignore[attr-defined]
+        ).encode()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self.request())  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
-        self.gen.now = time.time()
+        self.gen.now = self.gen.read_at = time.time()
+        self.received(data)
+
+    def received(self, data: bytes) -> None:
+        """Bytes of the response; ``gen.now`` is when they arrived, ``gen.read_at`` when they were read."""
         if not self.status:
             self.head += data
             end = self.head.find(b"\r\n\r\n")
@@ -357,6 +368,7 @@ class Client(asyncio.Protocol):
         self.last_seq = seq
         now = self.gen.now
         phase.latencies.append(now - sent)
+        phase.read_latencies.append(self.gen.read_at - sent)
         phase.delivered += 1
         if not phase.first_at:
             phase.first_at = now
@@ -385,14 +397,136 @@ class Client(asyncio.Protocol):
             self.transport.close()
 
 
-class LoadGen:
-    """Opens, holds and closes SSE clients against one server; counts failures."""
+# Linux's values; Python names the first from 3.12 and the second not at all.
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+STAMP = struct.Struct("@qq")  # struct timespec, as SO_TIMESTAMPNS hands it over
+STAMP_SPACE = socket.CMSG_SPACE(STAMP.size)
 
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
+
+class SocketClient(Client):
+    """The same client on a bare non-blocking socket, with the kernel's arrival time of each read.
+
+    For the capacity scenario, where one process holds 14,000 clients and every microsecond it
+    spends is taken from the servers it measures on the same two cores: no transport, no
+    connect task, one timer per connect. And where a browser has the bytes when they reach its
+    socket, this process reads 14,000 sockets one after another; the kernel's receive time
+    (``SO_TIMESTAMPNS``) keeps that queue out of the latency, and ``read_at`` keeps it visible.
+    """
+
+    def __init__(self, gen: LoadGen, path: str, last_event_id: str | None = None) -> None:
+        super().__init__(gen, path, last_event_id)
+        self.sock: socket.socket | None = None
+        self.source: str | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def start(self, host: str, port: int, source: str | None, timeout: float) -> None:
+        """Connect without waiting: ``ready`` gets the status, or the connect's error or TimeoutError."""
+        loop = self.gen.loop
+        sock = self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        self.source = source
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            if source:
+                # The port is picked at connect(), for the whole 4-tuple: cheaper than bind()'s search.
+                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((source, 0))
+            code = sock.connect_ex((host, port))
+        except OSError as exc:
+            self._failed(exc)
+            return
+        if code not in (0, errno.EINPROGRESS):
+            self._failed(OSError(code, os.strerror(code)))
+            return
+        self.timer = loop.call_later(timeout, self._timed_out)
+        loop.add_writer(sock.fileno(), self._writable)
+
+    def _writable(self) -> None:
+        sock = self.sock
+        assert sock is not None
+        self.gen.loop.remove_writer(sock.fileno())
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            self._failed(OSError(code, os.strerror(code)))
+            return
+        try:
+            sock.send(self.request())  # a few hundred bytes into an empty send buffer: all of it
+        except OSError as exc:
+            self._failed(exc)
+            return
+        self.gen.loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        sock = self.sock
+        assert sock is not None
+        try:
+            data, ancillary, _flags, _addr = sock.recvmsg(65536, STAMP_SPACE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(exc)
+            return
+        if not data:
+            self._lost(None)
+            return
+        gen = self.gen
+        gen.read_at = time.time()
+        if ancillary:
+            seconds, nanoseconds = STAMP.unpack(ancillary[0][2])
+            gen.now = seconds + nanoseconds * 1e-9
+        else:
+            gen.now = gen.read_at
+        try:
+            self.received(data)
+        except ValueError as exc:  # a malformed body: the stream is lost, as asyncio's transport would have it
+            self._lost(exc)
+            return
+        if self.timer is not None and self.ready.done():
+            self.timer.cancel()
+            self.timer = None
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if not self.ready.done():
+            self.ready.set_exception(TimeoutError())
+
+    def _failed(self, exc: OSError) -> None:
+        self._shut()
+        if not self.ready.done():
+            self.ready.set_exception(exc)
+
+    def _lost(self, exc: Exception | None) -> None:
+        self._shut()
+        self.connection_lost(exc)
+
+    def _shut(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            loop = self.gen.loop
+            loop.remove_reader(sock.fileno())
+            loop.remove_writer(sock.fileno())
+            sock.close()
+
+    def close(self) -> None:
+        self.closing = True
+        if self.sock is not None:
+            self._lost(None)
+
+
+class LoadGen:
+    """Opens, holds and closes SSE clients against one server; counts failures.
+
+    ``raw``: ``SocketClient``s (arrival times from the kernel) instead of asyncio transports.
+    """
+
+    def __init__(self, host: str, port: int, raw: bool = False) -> None:
+        self.host, self.port, self.raw = host, port, raw
         self.host_header = f"{host}:{port}"
         self.loop = asyncio.get_running_loop()
-        self.now = time.time()
+        self.now = self.read_at = time.time()
         self.resets = 0  # established connections reset by the server
         self.dropped = 0  # established connections the server closed
         self.ended = 0  # responses the server finished (last chunk)
@@ -403,13 +537,19 @@ class LoadGen:
         self, path: str, last_event_id: str | None, timeout: float, source: str | None = None
     ) -> tuple[Client | None, float]:
         started = time.perf_counter()
-        client = Client(self, path, last_event_id)
         # A source address of its own (any 127.x.y.z) lifts the ~28,000 ephemeral ports per source.
-        local = (source, 0) if source else None
+        client: Client
         try:
-            connecting = self.loop.create_connection(lambda: client, self.host, self.port, local_addr=local)
-            await asyncio.wait_for(connecting, timeout)
-            status = await asyncio.wait_for(asyncio.shield(client.ready), timeout)
+            if self.raw:
+                client = SocketClient(self, path, last_event_id)
+                client.start(self.host, self.port, source, timeout)
+                status = await client.ready
+            else:
+                client = Client(self, path, last_event_id)
+                local = (source, 0) if source else None
+                connecting = self.loop.create_connection(lambda: client, self.host, self.port, local_addr=local)
+                await asyncio.wait_for(connecting, timeout)
+                status = await asyncio.wait_for(asyncio.shield(client.ready), timeout)
         except (OSError, TimeoutError) as exc:
             self.errors[type(exc).__name__] += 1
             if isinstance(exc, ConnectionResetError):

@@ -9,8 +9,10 @@ import json
 import math
 import random
 import re
+import socket
 import subprocess
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
@@ -147,6 +149,121 @@ def test_the_whole_chunk_fast_path_sees_what_the_general_path_sees() -> None:
     assert fast.parser.retry == general.parser.retry
 
 
+class TinySSEServer:
+    """A blocking SSE server in a thread: what it sends and when does not depend on the client's loop."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.status = status
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.peers: list[str] = []
+        self.requests: list[bytes] = []
+        self.conns: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, peer = self.listener.accept()
+            except OSError:
+                return
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(4096)
+            self.peers.append(peer[0])
+            self.requests.append(request)
+            reason = b"OK" if self.status == 200 else b"Unavailable"
+            head = b"HTTP/1.1 %d %s\r\nContent-Type: text/event-stream\r\n" % (self.status, reason)
+            conn.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n" + b"6\r\n: hi\n\n\r\n")
+            self.conns.append(conn)
+
+    def send(self, tag: str, seq: int, event_id: str) -> None:
+        body = b'id: %s\ndata: {"p": "%s", "s": %d, "t": %f}\n\n' % (event_id.encode(), tag.encode(), seq, time.time())
+        for conn in self.conns:
+            conn.sendall(b"%x\r\n%s\r\n" % (len(body), body))
+
+    def close(self) -> None:
+        self.listener.close()
+        for conn in self.conns:
+            conn.close()
+
+
+def test_socket_clients_time_an_event_by_its_arrival_and_keep_the_read_delay_apart() -> None:
+    """A process reading thousands of sockets in turn reads some late: that delay is not the server's."""
+    server = TinySSEServer()
+
+    async def scenario() -> None:
+        gen = loadgen.LoadGen("127.0.0.1", server.port, raw=True)
+        opened = [await gen._open("/sse/x/", None, 5, source) for source in ("127.0.0.7", "127.0.0.8")]
+        clients = [client for client, _took in opened]
+        assert all(isinstance(c, loadgen.SocketClient) for c in clients), gen.errors
+        assert sorted(server.peers) == ["127.0.0.7", "127.0.0.8"] == [c.source for c in clients]
+        phase = loadgen.Phase("b", 2, clients)
+        server.send("b", 0, "1-0")
+        time.sleep(0.3)  # the loop is busy elsewhere while the event sits in both sockets
+        server.send("b", 1, "1-1")
+        assert await phase.wait(5)
+        summary = phase.summary()
+        assert (summary["delivered"], summary["lost"], summary["duplicated"]) == (4, 0, 0)
+        assert max(phase.latencies) < 0.1, phase.latencies  # each arrived at once; the first was read 0.3 s later
+        assert sum(1 for lag in phase.read_latencies if lag >= 0.3) == 2, phase.read_latencies
+        assert [c.parser.last_event_id for c in clients] == ["1-1", "1-1"]
+        assert all(c.parser.comments == 1 for c in clients)
+        # A reconnect sends what the browser would, from the same source address.
+        again, _ = await gen._open("/sse/x/", clients[0].parser.last_event_id, 5, clients[0].source)
+        assert again is not None and b"\r\nLast-Event-ID: 1-1\r\n" in server.requests[-1]
+        assert server.peers[-1] == "127.0.0.7"
+        # The server ends a stream: counted as dropped, unlike the clients this process closes.
+        for client in (*clients, again):
+            client.close()
+        assert gen.dropped == 0 and all(c.closed for c in clients)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.close()
+
+
+def test_socket_clients_count_each_failure_by_its_kind() -> None:
+    unavailable = TinySSEServer(status=503)
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts (the kernel does) but never answers
+    closed = socket.create_server(("127.0.0.1", 0))
+    refused_port = closed.getsockname()[1]
+    closed.close()
+
+    async def scenario() -> None:
+        results = []
+        for port, timeout in ((refused_port, 5), (silent.getsockname()[1], 0.3), (unavailable.port, 5)):
+            gen = loadgen.LoadGen("127.0.0.1", port, raw=True)
+            client, took = await gen._open("/sse/x/", None, timeout, "127.0.0.9")
+            results.append((client, dict(gen.errors)))
+            if port == silent.getsockname()[1]:
+                assert 0.3 <= took < 2
+        assert results == [
+            (None, {"ConnectionRefusedError": 1}),
+            (None, {"TimeoutError": 1}),
+            (None, {"HTTP 503": 1}),
+        ]
+        # A stream the server drops is counted once, and its socket is gone from the loop.
+        server = TinySSEServer()
+        gen = loadgen.LoadGen("127.0.0.1", server.port, raw=True)
+        client, _ = await gen._open("/sse/x/", None, 5)
+        assert client is not None
+        server.close()
+        for _ in range(100):
+            if client.closed:
+                break
+            await asyncio.sleep(0.02)
+        assert client.closed and gen.dropped == 1 and client.sock is None
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        unavailable.close()
+        silent.close()
+
+
 def test_parser_keeps_up_with_a_fast_server() -> None:
     event = b'id: 1700000000000-0\nevent: tick\ndata: {"p": "x", "s": 12345, "t": 1700000000.123456}\n\n'
     stream = event * 100_000
@@ -244,7 +361,7 @@ def test_capacity_smoke(project, tmp_path) -> None:
         seen = result[phase]
         assert seen["expected"] == seen["delivered"] == streams * events, (phase, seen)
         assert seen["duplicated"] == seen["out_of_order"] == seen["stray"] == 0, (phase, seen)
-        assert seen["ms_to"]["100%"] is not None
+        assert seen["ms_to"]["100%"] is not None and seen["read_ms_to"]["100%"] is not None
     assert result["storm"]["open"]["errors"] == {} and result["storm_dropped"]["without_id"] == 0
     assert result["storm"]["all_complete"], result["storm"]
     assert result["nginx_errors"] == {} and result["server_problems"] == []
@@ -258,5 +375,6 @@ def test_capacity_smoke(project, tmp_path) -> None:
     )
     table = (out / "capacity.md").read_text()
     assert "| streams held after the hold | 2,001 |" in table, table
+    assert "| broadcast: 99% read by the load generator |" in table, table
     if importlib.util.find_spec("matplotlib"):
         assert (out / "capacity.png").stat().st_size > 10_000
