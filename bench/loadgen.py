@@ -472,6 +472,7 @@ class SocketClient(Client):
         gen = self.gen
         gen.read_at = time.time()
         if ancillary:
+            # A read of several arrivals has the last one's time: late, never early, for the others.
             seconds, nanoseconds = STAMP.unpack(ancillary[0][2])
             gen.now = seconds + nanoseconds * 1e-9
         else:
