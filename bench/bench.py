@@ -226,16 +226,19 @@ class System:
             env["REDIS_CLUSTER_NODES"] = self.redis.nodes
         return env
 
-    def daphne_flags(self) -> list[str]:
-        """The flags of the generated deploy/systemd unit, minus its endpoint and app."""
+    def unit_command(self) -> tuple[list[str], list[str]]:
+        """The generated deploy/systemd unit's ExecStart: how it starts Daphne, and its flags minus endpoint and app."""
+        daphne = [str(self.venv / "bin" / "daphne")]
         units = list((self.cwd / "deploy" / "systemd").glob("*@.service")) if self.kind == "ours" else []
         if not units:
-            return DEFAULT_DAPHNE_FLAGS
+            return daphne, DEFAULT_DAPHNE_FLAGS
         text = units[0].read_text().replace("\\\n", " ")
         match = re.search(r"^ExecStart=(.*)$", text, re.MULTILINE)
         if not match:
-            return DEFAULT_DAPHNE_FLAGS
+            return daphne, DEFAULT_DAPHNE_FLAGS
         words = shlex.split(match.group(1))[1:]
+        if words[:1] == ["-m"]:  # python -m <launcher>: the daphne command, started the unit's way
+            daphne, words = [self.python, "-m", words[1]], words[2:]
         flags, skip = [], False
         for word in words:
             if skip:
@@ -244,7 +247,7 @@ class System:
                 skip = True
             elif not word.endswith(":application"):
                 flags.append(word)
-        return flags
+        return daphne, flags
 
     def command(self) -> list[str]:
         if self.kind == "ceiling":
@@ -253,7 +256,8 @@ class System:
             where = ["--host", "127.0.0.1", "--port", str(self.port)]
             return [str(self.venv / "bin" / "uvicorn"), *where, *UVICORN_FLAGS, self.app]
         endpoint = f"tcp:port={self.port}:interface=127.0.0.1:backlog=4096"
-        return [str(self.venv / "bin" / "daphne"), "-e", endpoint, *self.daphne_flags(), self.app]
+        daphne, flags = self.unit_command()
+        return [*daphne, "-e", endpoint, *flags, self.app]
 
     def start(self, label: str) -> None:
         self.port = free_port()

@@ -475,7 +475,8 @@ class Daphne:
         self.port, self.unix, self.log = port, unix, log
         # The endpoint string raises Twisted's listen backlog of 50, as deploy/ does.
         endpoint = f"unix:{unix}:mode=660:backlog=1024" if unix else f"tcp:port={port}:interface=127.0.0.1:backlog=1024"
-        cmd = [str(project.venv / "bin" / "daphne"), "-e", endpoint, "config.asgi:application"]
+        # As the systemd unit starts it: the daphne command on uvloop.
+        cmd = [project.python, "-m", "sse.transports.serve", "-e", endpoint, "config.asgi:application"]
         if runserver:  # the development server: Daphne too, and it serves static files
             cmd = [project.python, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"]
         with log.open("wb") as out:  # the child keeps its own copy of the descriptor

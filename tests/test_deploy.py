@@ -170,6 +170,8 @@ def test_the_units_execstart_serves_a_stream(baked, redis_server, tmp_path, sock
             wait_for_port(int(instance), proc)
             client = SSEConnection("127.0.0.1", int(instance), "/sse/unit/", {"X-Forwarded-For": "203.0.113.9"})
         assert client.wait_status() == 200
+        # Started on uvloop: its event loop's extension is loaded in the serving process.
+        assert "/uvloop/loop." in Path(f"/proc/{proc.pid}/maps").read_text(), execstart
         result = project.manage("send_event", "unit", "--data", '{"via": "unit"}', env=env)
         (event,) = client.wait_events(1)
         assert event.id == result.stdout.strip()
@@ -179,6 +181,7 @@ def test_the_units_execstart_serves_a_stream(baked, redis_server, tmp_path, sock
         proc.wait(15)
     output = log.read_text()
     assert "Traceback" not in output
+    assert proc.returncode == 0, output  # SIGTERM, as systemd stops it: a clean exit
     # One line when it came up, for journald: where it listens, with what, within which limits.
     listening = f"unix:{sock}" if socket_kind == "unix" else f"tcp:127.0.0.1:{instance}"
     expected = (
