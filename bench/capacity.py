@@ -460,6 +460,7 @@ async def run_system(name: str, args: argparse.Namespace, redis: bench.Redis, la
         result["rss_before_kb"] = base_rss
         log(f"{name}: opening {args.streams} streams through nginx at {args.rate}/s from {len(sources)} addresses")
         started = time.monotonic()
+        sampler = Sampler(stack).with_loadgen(workers)
         opening = asyncio.ensure_future(
             workers.all("open", plan, port=stack.port, path=path, timeout=args.connect_timeout, inflight=args.inflight)
         )
@@ -479,6 +480,7 @@ async def run_system(name: str, args: argparse.Namespace, redis: bench.Redis, la
                     }
                 )
         replies = opening.result()
+        result["open_cpu"] = sampler.result(workers)
         open_seconds = max(r["seconds"] for r in replies)
         counts = sum_counts(await workers.all("status"))
         result["open"] = {

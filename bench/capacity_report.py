@@ -80,12 +80,19 @@ def rows(data: dict) -> list[tuple[str, list[str]]]:
     def cores(r: dict, key: str) -> str:
         return " / ".join(f"{c:.0f} %" for c in r[key]["core_busy_pct"])
 
+    def groups(r: dict, key: str) -> str:
+        """Where a phase's CPU went: the servers, nginx, the load generator (% of one core each)."""
+        pct = r[key]["group_pct_of_one_core"]
+        return " / ".join(f"{pct[g]:.0f}" for g in ("daphne", "nginx", "load generator")) + " %"
+
     return [
         ("streams held after the hold", each(lambda r: fmt(r["held"]["open_now"]))),
         ("open: seconds for all", each(lambda r: fmt(r["open"]["seconds"], " s", 1))),
         ("open: new streams/s", each(lambda r: fmt(r["open"]["rate_per_s"]))),
         ("open: connect p99 (worst process)", each(lambda r: fmt(r["open"]["connect_p99_ms_worst_worker"], " ms"))),
         ("open: errors by kind (each run)", per_run(lambda r: errors_text(r["open"]["errors"]))),
+        ("open: CPU per core", each(lambda r: cores(r, "open_cpu"))),
+        ("open: CPU of servers / nginx / load generator", each(lambda r: groups(r, "open_cpu"))),
         (
             "held: dropped / reset by the server (each run)",
             per_run(lambda r: f"{r['held']['dropped']} / {r['held']['resets']}"),
@@ -120,6 +127,7 @@ def rows(data: dict) -> list[tuple[str, list[str]]]:
         ),
         ("1 event/s: CPU per core", each(lambda r: cores(r, "ticks_cpu"))),
         ("storm: all reconnected", each(lambda r: fmt(r["storm"]["all_open_s"], " s", 1))),
+        ("storm: CPU of servers / nginx / load generator", each(lambda r: groups(r, "storm_cpu"))),
         (
             "storm: all caught up (replay)",
             each(lambda r: fmt(r["storm"]["caught_up_s"], " s", 1) if r["storm"]["replay"] else "no replay"),

@@ -367,6 +367,7 @@ def test_capacity_smoke(project, tmp_path) -> None:
     assert result["storm"]["all_complete"], result["storm"]
     assert result["nginx_errors"] == {} and result["server_problems"] == []
     assert result["rss_per_stream_kb"]["daphne"] > 0 and result["idle_cpu"]["core_busy_pct"]
+    assert result["open_cpu"]["group_pct_of_one_core"]["daphne"] > 0  # the servers did the opening
     # 30 streams per loopback address: the site's limit_conn (32) stayed in force and was not hit.
     assert (
         "limit_conn"
@@ -377,5 +378,6 @@ def test_capacity_smoke(project, tmp_path) -> None:
     table = (out / "capacity.md").read_text()
     assert "| streams held after the hold | 2,001 |" in table, table
     assert "| broadcast: 99% read by the load generator |" in table, table
+    assert re.search(r"\| storm: CPU of servers / nginx / load generator \| \d+ / \d+ / \d+ % \|", table), table
     if importlib.util.find_spec("matplotlib"):
         assert (out / "capacity.png").stat().st_size > 10_000
