@@ -22,6 +22,8 @@ def fmt(value, unit: str = "", digits: int = 0) -> str:
     if isinstance(value, float) and digits == 0 and value >= 100:
         return f"{value:,.0f}{unit}"
     if isinstance(value, int | float):
+        if round(value, digits) == 0:
+            value = 0.0  # not "-0.00": a rounding of nothing
         return f"{value:,.{digits}f}{unit}"
     return str(value)
 
