@@ -5,15 +5,21 @@ importing ``daphne.server`` installs Twisted's asyncio reactor, which must not l
 into the other tests.
 """
 
+import asyncio
+import functools
 import json
 import os
 import subprocess
 import sys
 import textwrap
 
+import pytest
+
+from sse.transports.daphne_server import Inbox
+
 SCRIPT = textwrap.dedent(
     """
-    import asyncio, json, logging, sys
+    import asyncio, json, logging, sys, tracemalloc
 
     import django
     django.setup()
@@ -142,6 +148,23 @@ SCRIPT = textwrap.dedent(
         server.http_timeout = 60
         server.timeout_checker()
         out["checked_with_http_timeout"] = [ws.checks, http.checks]
+
+        # What 200 open streams keep, each waiting for its next message.
+        opened = []
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(200):
+            opened.append(open_("/stream"))
+        await ticks()
+        out["bytes_per_stream"] = (tracemalloc.get_traced_memory()[0] - before) // 200
+        tracemalloc.stop()
+        # Each gets its messages in order, then ends.
+        for p, queue in opened:
+            queue.put_nowait({"type": "http.request"})
+            queue.put_nowait({"type": "http.disconnect"})
+            server.protocol_disconnected(p)
+        await ticks(5)
+        out["streams_ended"] = sum(p not in server.connections for p, _ in opened)
         print(json.dumps(out))
 
     daphne_server.twisted_loop.run_until_complete(main())
@@ -149,6 +172,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@functools.cache
 def run(mode: str) -> dict:
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.test_settings"}
     done = subprocess.run(
@@ -159,7 +183,8 @@ def run(mode: str) -> dict:
 
 
 def test_connections_are_reaped_when_they_end_not_by_a_sweep():
-    seen = run("on")
+    seen = dict(run("on"))
+    seen.pop("bytes_per_stream")
     assert seen == {
         "stream_reaped": True,
         "timers_left": 0,
@@ -176,6 +201,7 @@ def test_connections_are_reaped_when_they_end_not_by_a_sweep():
         "raise_reaped": True,
         "checked_without_http_timeout": [1, 0],
         "checked_with_http_timeout": [2, 1],
+        "streams_ended": 200,
     }
 
 
@@ -184,3 +210,46 @@ def test_without_it_daphne_leaves_them_to_its_once_a_second_sweep():
     seen = run("off")
     assert not seen["stream_reaped"] and not seen["done_reaped"] and not seen["stubborn_reaped"]
     assert seen["checked_without_http_timeout"] == [1, 1]
+
+
+def test_an_open_stream_waits_for_its_messages_without_daphnes_queue():
+    # Daphne's asyncio.Queue per connection is four deques (~3 KB) kept for as long as a stream is open.
+    ours, daphnes = run("on")["bytes_per_stream"], run("off")["bytes_per_stream"]
+    assert ours <= daphnes - 2_000, (ours, daphnes)
+
+
+async def _inbox_order_and_wakeups() -> None:
+    inbox = Inbox()
+    assert inbox and inbox.empty() and inbox.qsize() == 0  # Daphne tests `if self.application_queue:`
+    inbox.put_nowait({"n": 1})
+    inbox.put_nowait({"n": 2})
+    assert [await inbox.get(), await inbox.get()] == [{"n": 1}, {"n": 2}]
+    with pytest.raises(asyncio.QueueEmpty):
+        inbox.get_nowait()
+    # Waiting getters are served first come, first served, one message each.
+    first, second = asyncio.ensure_future(inbox.get()), asyncio.ensure_future(inbox.get())
+    await asyncio.sleep(0)
+    inbox.put_nowait({"n": 3})
+    await asyncio.sleep(0)
+    assert first.done() and not second.done()
+    inbox.put_nowait({"n": 4})
+    assert [await first, await second] == [{"n": 3}, {"n": 4}]
+    # A getter cancelled after it was woken hands its message to the next one.
+    woken, waiting = asyncio.ensure_future(inbox.get()), asyncio.ensure_future(inbox.get())
+    await asyncio.sleep(0)
+    inbox.put_nowait({"n": 5})
+    woken.cancel()
+    assert await waiting == {"n": 5}
+    assert woken.cancelled()
+    # A getter cancelled while waiting leaves nothing behind.
+    gone = asyncio.ensure_future(inbox.get())
+    await asyncio.sleep(0)
+    gone.cancel()
+    await asyncio.sleep(0)
+    assert not inbox.waiters
+    inbox.put_nowait({"n": 6})
+    assert inbox.get_nowait() == {"n": 6}
+
+
+def test_the_inbox_gives_messages_as_asyncio_queue_does():
+    asyncio.run(_inbox_order_and_wakeups())
