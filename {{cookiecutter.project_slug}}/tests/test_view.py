@@ -14,7 +14,7 @@ from django.contrib.auth.models import User
 from django.core.handlers.asgi import ASGIRequest
 from django.core.signals import request_finished, request_started
 from django.db import connections
-from django.http import HttpRequest
+from django.http import HttpRequest, StreamingHttpResponse
 from django.test import AsyncClient
 from django.utils.deprecation import MiddlewareMixin
 
@@ -289,6 +289,10 @@ async def test_an_open_stream_holds_two_tasks_and_ends_as_django_ends_a_request(
         # Nor does it keep its request (META, session, body file) while it is open.
         gc.collect()
         assert not [obj for obj in gc.get_objects() if isinstance(obj, ASGIRequest)]
+        # Nor the head it has sent: the response's headers, Django's list of them.
+        kept = [obj for obj in gc.get_objects() if isinstance(obj, StreamingHttpResponse)]
+        assert len(kept) == 4 and not any(response.headers for response in kept)
+        assert not [obj for obj in gc.get_objects() if isinstance(obj, list) and (b"Cache-Control", b"no-cache") in obj]
         # A client that leaves: the application returns, the response is closed (request_finished).
         await first.send_input({"type": "http.disconnect"})
         await first.wait(5)

@@ -37,6 +37,7 @@ from django.core.handlers.base import reset_urlconf
 from django.db import close_old_connections, reset_queries
 from django.dispatch import Signal
 from django.http import HttpRequest, HttpResponseBase
+from django.http.response import ResponseHeaders
 from django.urls import set_script_prefix
 from django.utils.deprecation import MiddlewareMixin
 
@@ -196,6 +197,25 @@ class StreamHandler(ASGIHandler):
             else:
                 await sync_to_async(response.close)()
             body_file.close()
+
+    async def send_response(self, response: HttpResponseBase, send: Callable) -> None:
+        if not response.streaming:
+            await super().send_response(response, send)
+            return
+
+        async def send_then_forget_head(message: dict) -> None:
+            if message["type"] != "http.response.start":
+                await send(message)
+                return
+            # The head goes out, and the response stays for hours only to be streamed and
+            # closed: Django's send_response would keep both copies of its headers (~2 KB),
+            # its list until the stream ends. The server gets a list of its own.
+            headers = message["headers"]
+            await send({**message, "headers": headers[:]})
+            headers.clear()
+            response.headers = ResponseHeaders({})
+
+        await super().send_response(response, send_then_forget_head)
 
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async)
