@@ -218,6 +218,9 @@ class SSEConnection:
 def events_until_closed(sock: socket.socket, timeout: float = 10.0) -> list[Event]:
     """What a stalled client finds when it reads again: the events that reached it before the server closed it."""
     sock.settimeout(timeout)
+    # It stalled with a small buffer; read the rest with a large one. Through 4 KB a busy
+    # machine takes a minute for the megabytes the server may still hold for it.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     body = b""
     try:
         while chunk := sock.recv(65536):
