@@ -7,13 +7,13 @@ from hypothesis import strategies as st
 from sse.encoding import (
     EVENT_ID,
     InvalidEvent,
+    Writes,
     dumps,
     encode,
     format_id,
     parse_id,
     validate_event_name,
     validate_stream,
-    writes,
 )
 from tests.conftest import parse
 
@@ -129,7 +129,9 @@ def test_property_anything_that_is_not_an_id_is_rejected(value):
 
 def test_writes_join_frames_into_about_64_kb_in_order():
     frames = [b"x" * 30_000, b"y" * 30_000, b"z" * 30_000, b"w" * 10]
-    batches = list(writes(frames))
-    assert batches == [(frames[0] + frames[1] + frames[2], 3), (frames[3], 1)]
-    assert list(writes([])) == []
-    assert list(writes([b"a", b"b"], size=1)) == [(b"a", 1), (b"b", 1)]
+    batch = Writes()
+    assert [batch.add(frame) for frame in frames] == [None, None, (frames[0] + frames[1] + frames[2], 3), None]
+    assert batch.take() == (frames[3], 1)
+    assert batch.take() is None
+    small = Writes(size=1)
+    assert [small.add(b"a"), small.add(b"b"), small.take()] == [(b"a", 1), (b"b", 1), None]

@@ -134,6 +134,17 @@ async def test_reconnect_replays_each_stream_from_its_own_position(backend, stre
     await chunks.aclose()
 
 
+async def test_each_streams_replay_is_written_at_once_not_page_by_page(backend, stream):
+    a, b = f"{stream}-a", f"{stream}-b"
+    ida = [await apublish(a, "n", i) for i in range(11)]
+    idb = [await apublish(b, "n", i) for i in range(6)]
+    chunks = await open_multi(url(a, b), HTTP_LAST_EVENT_ID=format_composite(a, {a: ida[0], b: idb[0]}))
+    assert (await anext(chunks)).startswith(b"retry: ")
+    writes = [data_events(parse((await anext(chunks)).decode())) for _ in range(2)]
+    assert [[position(e, origin(e)) for e in write] for write in writes] == [ida[1:], idb[1:]]
+    await chunks.aclose()
+
+
 async def test_first_connection_with_last_event_id_query_replays(backend, stream):
     a, b = f"{stream}-a", f"{stream}-b"
     ids = [await apublish(a, "n", i) for i in range(3)]

@@ -203,6 +203,33 @@ async def test_long_replays_page_through_the_log(backend, stream):
     assert [e["id"] for e in data_events(events)] == ids[1:]
 
 
+async def test_a_replay_is_written_at_once_not_page_by_page(backend, stream):
+    """Pages start at one entry and double (entry sizes are unknown until read): ten missed
+    events come in four pages. They reach the transport as one write after the retry line,
+    not four: each write is a pass through ASGI, Twisted and a system call per client."""
+    ids = [await apublish(stream, "n", i) for i in range(11)]
+    chunks = await open_stream(stream, HTTP_LAST_EVENT_ID=ids[0])
+    assert (await anext(chunks)).startswith(b"retry: ")
+    replayed = await anext(chunks)
+    assert [e["id"] for e in data_events(parse(replayed.decode()))] == ids[1:]
+    await chunks.aclose()
+
+
+async def test_a_large_replay_is_written_in_pieces_of_about_64_kb(backend, stream):
+    ids = [await apublish(stream, "big", {"i": i, "pad": "x" * 10_000}) for i in range(21)]
+    chunks = await open_stream(stream, HTTP_LAST_EVENT_ID=ids[0])
+    await anext(chunks)
+    writes, seen = [], []
+    while len(seen) < 20:
+        writes.append(await anext(chunks))
+        seen += [e["id"] for e in data_events(parse(writes[-1].decode()))]
+    assert seen == ids[1:]
+    # Each write ends with the frame that took it past 64 KiB: 7, 7 and the last 6 of 10 KB.
+    assert [len(data_events(parse(write.decode()))) for write in writes] == [7, 7, 6], "never one block"
+    assert all(65_536 <= len(write) < 65_536 + 10_100 for write in writes[:-1]), [len(w) for w in writes]
+    await chunks.aclose()
+
+
 async def test_live_frames_skip_the_queue_until_the_client_falls_behind(backend, stream):
     """The fast path (Daphne): the hub writes each frame itself; a client that falls
     behind gets the next ones from its queue, then returns to the fast path. One

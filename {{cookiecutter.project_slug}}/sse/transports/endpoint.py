@@ -21,12 +21,12 @@ from sse.encoding import (
     RESET_EVENT,
     EventKey,
     InvalidEvent,
+    Writes,
     dumps,
     encode,
     parse_composite,
     parse_id,
     validate_stream,
-    writes,
 )
 from sse.hub import PING, ZERO, Hub, Subscription, get_hub
 from sse.security import access, cors, revocation, tokens
@@ -239,21 +239,30 @@ class Connection:
 
     async def replay(self) -> AsyncIterator[tuple[bytes, EventKey, int]]:
         first = True
-        async for entries in self.hub.broker.pages(self.sub.stream, self.last_id):
-            if entries is None and first:
-                frame, key = await self.reset()
-                yield frame, key, 0  # not an event of the stream
-                return
-            if entries is None:
-                # Trimmed while this client was replaying: end it; it reconnects
-                # with the id it has and gets a reset event.
-                self.sub.close()
-                return
-            first = False
-            done = 0
-            for chunk, count in writes(encode(id=id, event=event, data=data) for id, event, data in entries):
-                done += count
-                yield chunk, parse_id(entries[done - 1][0]), count
+        batch, last = Writes(), ""
+        try:
+            async for entries in self.hub.broker.pages(self.sub.stream, self.last_id):
+                if entries is None and first:
+                    frame, key = await self.reset()
+                    yield frame, key, 0  # not an event of the stream
+                    return
+                if entries is None:
+                    # Trimmed while this client was replaying: end it after what it has read; it
+                    # reconnects with the id it has and gets a reset event.
+                    self.sub.close()
+                    break
+                first = False
+                for last, event, data in entries:
+                    if write := batch.add(encode(id=last, event=event, data=data)):
+                        yield write[0], parse_id(last), write[1]
+        except Exception:
+            # A later page failed (Redis gone): what was read still goes out, and the
+            # client's reconnect resumes after it.
+            if write := batch.take():
+                yield write[0], parse_id(last), write[1]
+            raise
+        if write := batch.take():
+            yield write[0], parse_id(last), write[1]
 
     async def reset(self) -> tuple[bytes, EventKey]:
         """The documented event for an id the log no longer (or never) had."""

@@ -17,13 +17,13 @@ from sse.backends import Entry
 from sse.encoding import (
     RESET_EVENT,
     EventKey,
+    Writes,
     dumps,
     encode,
     format_composite,
     format_id,
     parse_id,
     with_id,
-    writes,
 )
 from sse.hub import PING, ZERO, Hub, Subscription
 from sse.security import access
@@ -90,16 +90,25 @@ class MultiConnection:
     async def replay(self, sub: Subscription) -> AsyncIterator[tuple[bytes, int]]:
         stream = sub.stream
         first = True
-        async for entries in self.hub.broker.pages(stream, self.ids[stream]):
-            if entries is None and first:
-                yield await self.reset(stream), 0
-                return
-            if entries is None:
-                sub.close()  # trimmed meanwhile: the reconnect gets the reset event
-                return
-            first = False
-            for write in writes(self.relabelled(stream, entries)):
-                yield write
+        batch = Writes()  # across pages, as Connection.replay
+        try:
+            async for entries in self.hub.broker.pages(stream, self.ids[stream]):
+                if entries is None and first:
+                    yield await self.reset(stream), 0
+                    return
+                if entries is None:
+                    sub.close()  # trimmed meanwhile: the reconnect gets the reset event
+                    break
+                first = False
+                for frame in self.relabelled(stream, entries):
+                    if write := batch.add(frame):
+                        yield write
+        except Exception:
+            if write := batch.take():
+                yield write  # what was read, before the error ends the stream
+            raise
+        if write := batch.take():
+            yield write
 
     def relabelled(self, stream: str, entries: list[Entry]) -> Iterator[bytes]:
         """Replayed entries framed with this connection's composite id, advancing its position."""
