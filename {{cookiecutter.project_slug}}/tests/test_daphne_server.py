@@ -253,3 +253,25 @@ async def _inbox_order_and_wakeups() -> None:
 
 def test_the_inbox_gives_messages_as_asyncio_queue_does():
     asyncio.run(_inbox_order_and_wakeups())
+
+
+async def _inbox_watch() -> None:
+    inbox = Inbox()
+    watched = inbox.watch()
+    getter = asyncio.ensure_future(inbox.get())
+    await asyncio.sleep(0)
+    assert not watched.done()
+    inbox.put_nowait({"type": "http.disconnect"})
+    assert watched.done(), "at once, not on the next pass of the loop"
+    assert await getter == {"type": "http.disconnect"}, "a getter still gets the message"
+    inbox.put_nowait({"n": 2})
+    assert inbox.watch().done(), "a message already waiting"
+    assert inbox.get_nowait() == {"n": 2}, "and it stays for get()"
+    cancelled = inbox.watch()
+    cancelled.cancel()
+    inbox.put_nowait({"n": 3})  # nothing to set: no InvalidStateError
+    assert inbox.get_nowait() == {"n": 3}
+
+
+def test_a_watch_says_a_message_waits_and_leaves_it_for_get():
+    asyncio.run(_inbox_watch())

@@ -264,6 +264,40 @@ class ThreadRecorder(MiddlewareMixin):
         self.threads.append(threading.get_ident())
 
 
+async def test_under_daphnes_inbox_an_open_stream_holds_one_task(backend, stream):
+    # Daphne's receive is the connection's Inbox (sse.transports.daphne_server): the
+    # disconnect is watched with a future, not a task blocked in receive().
+    from config.asgi import application
+    from sse.transports.daphne_server import Inbox
+
+    async def open_stream() -> tuple[Inbox, asyncio.Task, list]:
+        inbox, sent = Inbox(), []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "http_version": "1.1", "method": "GET", "scheme": "http", "path": f"/sse/{stream}/"}
+        scope |= {"raw_path": f"/sse/{stream}/".encode(), "query_string": b"", "root_path": ""}
+        scope |= {"headers": [(b"host", b"testserver")], "client": ("127.0.0.1", 5000), "server": ("testserver", 80)}
+        inbox.put_nowait({"type": "http.request", "body": b"", "more_body": False})
+        task = asyncio.create_task(application(scope, inbox.get, send))
+        for _ in range(500):
+            if len(sent) >= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert sent[0]["status"] == 200 and sent[1]["body"].startswith(b"retry: ")
+        return inbox, task, sent
+
+    first = await open_stream()
+    before = len(asyncio.all_tasks())
+    more = [await open_stream() for _ in range(3)]
+    assert (len(asyncio.all_tasks()) - before) / len(more) == 1
+    for inbox, task, _ in [first, *more]:
+        inbox.put_nowait({"type": "http.disconnect"})
+        await asyncio.wait_for(task, 5)
+    assert get_hub().open == 0
+
+
 @pytest.mark.django_db(transaction=True)
 async def test_an_open_stream_holds_two_tasks_and_ends_as_django_ends_a_request(backend, stream):
     # Its own and one waiting for the disconnect. Django's ASGIHandler.handle adds one

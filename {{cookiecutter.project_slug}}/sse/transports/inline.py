@@ -42,6 +42,7 @@ from django.urls import set_script_prefix
 from django.utils.deprecation import MiddlewareMixin
 
 from sse.security.auth import may_have_used_database
+from sse.transports.daphne_server import Inbox
 
 # Django's receivers of request_started and request_finished. On the event loop's thread
 # the database ones find no connection (connections are per thread, and this one may not
@@ -166,7 +167,9 @@ class StreamHandler(ASGIHandler):
             await sync_to_async(error_response.close)()
             return
         disconnect = Disconnect(asyncio.current_task())
-        message = asyncio.ensure_future(receive())
+        inbox = getattr(receive, "__self__", None)
+        # Under Daphne, the connection's Inbox says when the disconnect arrives without a task.
+        message = inbox.watch() if isinstance(inbox, Inbox) else asyncio.ensure_future(receive())
         message.add_done_callback(disconnect)
         response = None
         try:
