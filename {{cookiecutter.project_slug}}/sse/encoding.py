@@ -201,7 +201,7 @@ class Writes:
     Fed across all the pages of a replay, not page by page: pages start at one
     entry, and each write is a pass through the transport (under Daphne: ASGI,
     Twisted and a system call). A reconnect storm replaying 10 events wrote them
-    in 4 writes per client; in one, a third less of Daphne's CPU per stream
+    in 4 writes per client; in one, Daphne spends a fifth less CPU per stream
     (docs/decisions.md). A backlog still never lands in memory as one block.
     """
 
