@@ -203,17 +203,6 @@ async def test_long_replays_page_through_the_log(backend, stream):
     assert [e["id"] for e in data_events(events)] == ids[1:]
 
 
-async def test_a_stream_reads_its_two_headers_without_building_request_headers(backend, stream):
-    # request.headers maps every header of the request (some 8 µs); a stream needs two.
-    request = rf.get(f"/sse/{stream}/", HTTP_LAST_EVENT_ID="1-0", HTTP_ORIGIN="http://testserver")
-    response = await stream_response(request, stream)
-    assert response.status_code == 200
-    assert "headers" not in request.__dict__
-    reset = await read_until(response.streaming_content, data_events)
-    assert data_events(reset)[0]["event"] == "reset", "the header was read"
-    await response.streaming_content.aclose()
-
-
 async def test_a_replay_is_written_at_once_not_page_by_page(backend, stream):
     """Pages start at one entry and double (entry sizes are unknown until read): ten missed
     events come in four pages. They reach the transport as one write after the retry line,
