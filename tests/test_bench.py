@@ -158,7 +158,8 @@ class TinySSEServer:
         self.port = self.listener.getsockname()[1]
         self.peers: list[str] = []
         self.requests: list[bytes] = []
-        self.conns: list[socket.socket] = []
+        self.conns: list[socket.socket] = []  # answered: send() writes to these
+        self.accepted: list[socket.socket] = []  # every one, for close(): a test may end before its answer is counted
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -168,14 +169,20 @@ class TinySSEServer:
                 conn, peer = self.listener.accept()
             except OSError:
                 return
+            self.accepted.append(conn)
             request = b""
-            while b"\r\n\r\n" not in request:
-                request += conn.recv(4096)
-            self.peers.append(peer[0])
-            self.requests.append(request)
-            reason = b"OK" if self.status == 200 else b"Unavailable"
-            head = b"HTTP/1.1 %d %s\r\nContent-Type: text/event-stream\r\n" % (self.status, reason)
-            conn.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n" + b"6\r\n: hi\n\n\r\n")
+            try:
+                while b"\r\n\r\n" not in request:
+                    if not (data := conn.recv(4096)):
+                        raise ConnectionResetError  # the client left before asking
+                    request += data
+                self.peers.append(peer[0])
+                self.requests.append(request)
+                reason = b"OK" if self.status == 200 else b"Unavailable"
+                head = b"HTTP/1.1 %d %s\r\nContent-Type: text/event-stream\r\n" % (self.status, reason)
+                conn.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n" + b"6\r\n: hi\n\n\r\n")
+            except OSError:
+                continue  # the client left, or close() ended the test while this one was answered
             self.conns.append(conn)
 
     def send(self, tag: str, seq: int, event_id: str) -> None:
@@ -185,7 +192,7 @@ class TinySSEServer:
 
     def close(self) -> None:
         self.listener.close()
-        for conn in self.conns:
+        for conn in self.accepted:
             conn.close()
 
 
