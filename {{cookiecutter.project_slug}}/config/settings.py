@@ -191,7 +191,7 @@ SSE_REDIS_SOCKET_TIMEOUT = env.float("SSE_REDIS_SOCKET_TIMEOUT", default=30.0)
 SSE_REDIS_CONNECT_TIMEOUT = env.float("SSE_REDIS_CONNECT_TIMEOUT", default=1.0)
 SSE_REDIS_MAX_CONNECTIONS = env.int("SSE_REDIS_MAX_CONNECTIONS", default=50)
 # The garbage collector's thresholds in a server process (sse/ops/collector.py); empty: Python's own.
-SSE_GC_THRESHOLDS = env.list("SSE_GC_THRESHOLDS", default=["10000", "50", "100"])
+SSE_GC_THRESHOLDS = env.list("SSE_GC_THRESHOLDS", default=["10000", "0", "2500"])
 # Who may read which stream: a callable (request, stream) -> bool, see sse/security/auth.py.
 # The default allows these fnmatch patterns to everyone and user.<id> to that user.
 SSE_AUTHORIZE = env.str("SSE_AUTHORIZE", default="sse.security.auth.default_policy")

@@ -277,9 +277,24 @@ def collector_state():
 
 def test_a_server_process_freezes_its_startup_and_raises_the_collector_thresholds(settings, collector_state):
     gc.set_threshold(700, 10, 10)  # Python's own
-    assert collector.tune() == (10_000, 50, 100)  # the default, also without the setting
-    assert gc.get_threshold() == (10_000, 50, 100)
+    assert collector.tune() == (10_000, 0, 2_500)  # the default, also without the setting
+    assert gc.get_threshold() == (10_000, 0, 2_500)
     assert gc.get_freeze_count() > 1000  # modules, classes, Django's registries
+
+
+def test_what_outlives_a_young_pass_goes_on_at_the_next_pass_not_after_fifty(settings, collector_state):
+    # Long-lived objects (as an open stream's are) are visited in at most two passes
+    # before the old generation: every other automatic pass is a middle-generation one.
+    gc.set_threshold(700, 10, 10)
+    collector.tune()
+    before = [stats["collections"] for stats in gc.get_stats()]
+    kept = [[] for _ in range(100_000)]  # each list is an object the collector tracks
+    after = [stats["collections"] for stats in gc.get_stats()]
+    young, middle, old = (a - b for a, b in zip(after, before, strict=True))
+    assert len(kept) == 100_000
+    assert young >= 4  # 100,000 allocations, a pass every 10,000
+    assert abs(young - middle) <= 1  # with Python's 10 or our old 50: no middle pass at all
+    assert old == 0
 
 
 @pytest.mark.parametrize(
@@ -301,6 +316,6 @@ def test_bad_thresholds_are_one_warning_and_pythons_own(settings, collector_stat
         assert collector.tune() is None
     assert gc.get_threshold() == (700, 10, 10)
     assert [r.getMessage() for r in caplog.records] == [
-        f"sse: SSE_GC_THRESHOLDS must be three non-negative integers, like 10000,50,100: got {value!r}; "
+        f"sse: SSE_GC_THRESHOLDS must be three non-negative integers, like 10000,0,2500: got {value!r}; "
         "keeping Python's own"
     ]
