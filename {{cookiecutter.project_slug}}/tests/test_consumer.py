@@ -11,6 +11,7 @@ from django.test import AsyncClient
 from config.asgi import application
 from sse import apublish
 from sse.hub import get_hub
+from sse.transports import consumers
 from tests.conftest import busy_sync_thread, parse
 
 # Channels closes stale database connections around every handler, as Django does per request.
@@ -127,6 +128,21 @@ async def test_host_validation_and_https_redirect(backend, stream, settings):
     assert start_msg["status"] == 200
     await comm.send_input({"type": "http.disconnect"})
     await asyncio.wait_for(comm.wait(), 5)
+
+
+async def test_the_middleware_is_built_once_and_again_after_a_setting_changes(backend, stream, settings):
+    consumers.middleware.cache_clear()
+    for _ in range(3):
+        comm, start_msg, headers = await start(f"/sse/{stream}/")
+        assert start_msg["status"] == 200 and headers[b"X-Content-Type-Options"] == b"nosniff"
+        await comm.send_input({"type": "http.disconnect"})
+        await comm.wait(5)
+    assert consumers.middleware.cache_info()[:2] == (2, 1)  # hits, misses: built once, not per stream
+    settings.SECURE_CONTENT_TYPE_NOSNIFF = False  # read when SecurityMiddleware is built
+    comm, start_msg, headers = await start(f"/sse/{stream}/")
+    assert start_msg["status"] == 200 and b"X-Content-Type-Options" not in headers
+    await comm.send_input({"type": "http.disconnect"})
+    await comm.wait(5)
 
 
 async def test_private_streams_use_the_django_session(backend, settings):

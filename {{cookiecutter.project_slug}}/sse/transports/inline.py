@@ -23,6 +23,7 @@ response) and an ``asyncio.wait``, about 3 KB for as long as the stream is open.
 from __future__ import annotations
 
 import asyncio
+import functools
 import types
 from collections.abc import Callable
 from typing import Any
@@ -100,9 +101,13 @@ async def send_signal(signal: Signal, sender: type, **named: Any) -> None:
         await signal.asend(sender=sender, **named)
 
 
-def _rules(instance: object) -> dict[str, Callable[[HttpRequest], bool]] | None:
-    cls = type(instance)
+@functools.cache
+def _class_rules(cls: type) -> dict[str, Callable[[HttpRequest], bool]] | None:
     return INLINE.get(f"{cls.__module__}.{cls.__qualname__}")
+
+
+def _rules(instance: object) -> dict[str, Callable[[HttpRequest], bool]] | None:
+    return _class_rules(type(instance))  # for every hook of every stream: the name once per class
 
 
 async def _call_hook(rules: dict, name: str, hook: Callable, request: HttpRequest, *args: Any) -> Any:
