@@ -209,6 +209,37 @@ async def test_the_projects_own_request_signal_receivers_still_run_in_the_sync_t
     assert len(seen) == 2 and threading.get_ident() not in seen
 
 
+def test_on_the_loops_thread_djangos_database_receivers_are_skipped(monkeypatch):
+    # They would find no connection there: Django opens none on the loop's thread.
+    from django.core.cache import close_caches
+    from django.core.handlers.base import reset_urlconf
+    from django.db import close_old_connections, reset_queries
+
+    from sse.transports.inline import StreamHandler, inline_receivers
+
+    monkeypatch.delenv("DJANGO_ALLOW_ASYNC_UNSAFE", raising=False)
+    assert inline_receivers(request_started, StreamHandler) == []
+    assert set(inline_receivers(request_finished, StreamHandler)) == {reset_urlconf, close_caches}
+    # Unless the project lets sync database code run on the loop: then all of Django's run.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    assert set(inline_receivers(request_started, StreamHandler)) == {reset_queries, close_old_connections}
+    everything = {close_old_connections, reset_urlconf, close_caches}
+    assert set(inline_receivers(request_finished, StreamHandler)) == everything
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_with_only_djangos_receivers_a_stream_is_closed_on_the_loops_thread(backend, stream):
+    comm, start, _ = await asgi_get(f"/sse/{stream}/")
+    assert start["status"] == 200
+    assert (await comm.receive_output(5))["body"].startswith(b"retry: ")
+    [response] = [o for o in gc.get_objects() if isinstance(o, StreamingHttpResponse) and not o.closed]
+    closed_in = []
+    response._resource_closers.append(lambda: closed_in.append(threading.get_ident()))
+    await comm.send_input({"type": "http.disconnect"})
+    await comm.wait(5)
+    assert response.closed and closed_in == [threading.get_ident()] and not response._resource_closers
+
+
 @pytest.mark.django_db(transaction=True)
 async def test_a_stream_that_read_the_database_closes_the_threads_connection_once_open(backend, stream, settings):
     # Django closes a request's connections at request_finished, which a stream sends
