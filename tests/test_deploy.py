@@ -130,7 +130,13 @@ def test_systemd_unit_verifies_and_exposure_is_low(baked, tmp_path, socket_kind)
     problems = [line for line in result.stderr.splitlines() if slug in line]
     assert result.returncode == 0 and not problems, result.stderr
     text = unit.read_text()
-    for needed in ["LimitNOFILE=65536", "Restart=on-failure", "EnvironmentFile=", f"StateDirectory={slug}"]:
+    for needed in [
+        "LimitNOFILE=65536",
+        "LogRateLimitBurst=100000",  # a reconnect storm's access lines, past journald's default
+        "Restart=on-failure",
+        "EnvironmentFile=",
+        f"StateDirectory={slug}",
+    ]:
         assert needed in text
     if socket_kind == "unix":
         assert f"RuntimeDirectory={slug}/%i" in text, "one runtime folder per instance"
