@@ -10,12 +10,15 @@ import pytest
 from asgiref.sync import SyncToAsync, sync_to_async
 from asgiref.testing import ApplicationCommunicator
 from django.conf import settings as django_settings
+from django.contrib import messages
 from django.contrib.auth.models import User
+from django.contrib.messages.storage.fallback import FallbackStorage
+from django.contrib.sessions.middleware import SessionMiddleware
 from django.core.handlers.asgi import ASGIRequest
 from django.core.signals import request_finished, request_started
 from django.db import connections
-from django.http import HttpRequest, StreamingHttpResponse
-from django.test import AsyncClient
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.test import AsyncClient, RequestFactory
 from django.utils.deprecation import MiddlewareMixin
 
 from sse import apublish
@@ -225,6 +228,46 @@ def test_on_the_loops_thread_djangos_database_receivers_are_skipped(monkeypatch)
     assert set(inline_receivers(request_started, StreamHandler)) == {reset_queries, close_old_connections}
     everything = {close_old_connections, reset_urlconf, close_caches}
     assert set(inline_receivers(request_finished, StreamHandler)) == everything
+
+
+class CountingStorage(FallbackStorage):
+    built: ClassVar[int] = 0
+
+    def __init__(self, *args, **kwargs) -> None:
+        type(self).built += 1
+        super().__init__(*args, **kwargs)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_stream_never_builds_the_message_storage(backend, stream, settings):
+    settings.MESSAGE_STORAGE = f"{__name__}.CountingStorage"
+    CountingStorage.built = 0
+    comm, start, _ = await asgi_get(f"/sse/{stream}/")
+    assert start["status"] == 200
+    assert (await comm.receive_output(5))["body"].startswith(b"retry: ")
+    await comm.send_input({"type": "http.disconnect"})
+    await comm.wait(5)
+    assert CountingStorage.built == 0
+    # The same middleware for a page builds it, as Django does.
+    assert (await AsyncClient().get("/")).status_code == 200
+    assert CountingStorage.built == 1
+
+
+def test_a_message_added_on_the_stream_path_is_still_stored():
+    from django.contrib.messages.middleware import MessageMiddleware
+
+    from sse.transports.inline import DEFERRED
+
+    hooks = DEFERRED[MessageMiddleware]
+    middleware = MessageMiddleware(lambda request: HttpResponse())
+    for used in (False, True):
+        request = RequestFactory().get("/sse/s/")
+        SessionMiddleware(lambda request: HttpResponse()).process_request(request)
+        hooks["process_request"](middleware, request)
+        if used:
+            messages.info(request, "kept")
+        response = hooks["process_response"](middleware, request, HttpResponse())
+        assert ("messages" in response.cookies) is used
 
 
 @pytest.mark.django_db(transaction=True)
