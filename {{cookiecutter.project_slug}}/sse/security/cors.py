@@ -31,7 +31,7 @@ class Refused(ValueError):
 
 def check(request: HttpRequest) -> str | None:
     """The listed origin to answer with, or None when no CORS headers are due; Refused (403) else."""
-    origin = request.META.get("HTTP_ORIGIN")  # not request.headers: that parses every header
+    origin = request.headers.get("Origin")
     if origin is None:
         return None
     if origin in origins():
