@@ -47,7 +47,7 @@ async def read_all(chunks, limit: float = 5.0) -> bytes:
 async def test_an_error_inside_a_stream_ends_it_cleanly_logged_and_counted(
     backend, stream, monkeypatch, caplog, multi, error
 ):
-    ids = [await apublish(stream, "n", i) for i in range(30)]
+    ids = [await apublish(stream, "n", "x" * 20_000) for i in range(30)]  # pages of 13
     broker = get_broker()
     real = broker.areplay
     calls = 0
@@ -150,19 +150,18 @@ async def test_a_cancellation_a_redis_call_swallowed_is_raised_again():
         await task
 
 
-async def test_replay_pages_start_at_one_entry_and_stay_within_the_byte_budget(backend, stream, settings):
+async def test_replay_pages_stay_within_the_byte_budget_from_the_first_one(backend, stream, settings):
     settings.SSE_MAX_BUFFER = 65_536
     for _ in range(40):
-        await apublish(stream, "n", "x" * 10_000)
+        await apublish(stream, "n", "x" * 10_000)  # 10,003 bytes with the name and quotes
     first = (await get_broker().areplay(stream, "", 1))[0][0]
-    counts, sizes = [], []
+    sizes = []
     broker = get_broker()
     real = broker.areplay
 
-    async def recording(stream: str, after: str, count: int):
-        counts.append(count)
-        entries = await real(stream, after, count)
-        sizes.append(sum(len(data) for _id, _event, data in entries or ()))
+    async def recording(*args):
+        entries = await real(*args)
+        sizes.append([len(event) + len(data) for _id, event, data in entries or ()])
         return entries
 
     broker.areplay = recording
@@ -171,6 +170,6 @@ async def test_replay_pages_start_at_one_entry_and_stay_within_the_byte_budget(b
     finally:
         del broker.areplay
     assert len(replayed) == 39
-    assert counts[0] == 1, "the first page is one entry: sizes are unknown until then"
-    assert max(sizes) <= 65_536, (counts, sizes)
-    assert max(counts) == 6, "then as many as fit"
+    # Each page ends with the entry that reaches the budget: 7 x 10,003 >= 65,536.
+    assert [len(page) for page in sizes] == [7, 7, 7, 7, 7, 4], sizes
+    assert all(sum(page[:-1]) < 65_536 for page in sizes), "one entry past the budget at most"

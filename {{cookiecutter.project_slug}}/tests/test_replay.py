@@ -272,9 +272,10 @@ async def test_live_frames_skip_the_queue_until_the_client_falls_behind(backend,
     connection.close()
 
 
-async def test_a_storm_of_identical_replays_reads_each_page_about_once(backend, stream):
+async def test_a_storm_of_identical_replays_reads_each_page_about_once(backend, stream, settings):
     # 500 clients back at once with the same Last-Event-ID: a few reads per page, not 500
     # (a caller that arrives while a read runs waits for the next; callers drift apart).
+    settings.SSE_MAX_BUFFER = 40  # pages of five of these events
     ids = [await apublish(stream, "n", {"i": i}) for i in range(20)]
     broker = get_broker()
     reads = []
@@ -296,6 +297,51 @@ async def test_a_storm_of_identical_replays_reads_each_page_about_once(backend, 
     assert all(result == ids[5:] for result in results)
     pages = len({args for args in reads})
     assert pages >= 3 and len(reads) <= 6 * pages, f"{len(reads)} reads for {pages} pages"
+
+
+async def test_ten_missed_small_events_come_back_in_one_read(backend, stream):
+    # A reconnect storm is mostly clients a few small events behind: one round trip each.
+    ids = [await apublish(stream, "n", {"i": i}) for i in range(11)]
+    broker = get_broker()
+    reads = []
+    areplay = broker.areplay
+
+    async def counted(*args):
+        reads.append(args)
+        return await areplay(*args)
+
+    broker.areplay = counted
+    try:
+        pages = [[entry[0] for entry in page] async for page in broker.pages(stream, ids[0])]
+    finally:
+        del broker.areplay
+    assert pages == [ids[1:]] and len(reads) == 1
+
+
+async def test_a_page_ends_with_the_entry_that_reaches_the_byte_budget(backend, stream, settings):
+    # Bytes are counted in UTF-8 as Redis stores them: 150 "é" weigh as much as 300 "x".
+    settings.SSE_MAX_BUFFER = 1000
+    broker = get_broker()
+    for letter, length in (("x", 300), ("é", 150)):
+        name = f"{stream}-{ord(letter)}"
+        ids = [await apublish(name, "n", text=letter * length) for _ in range(10)]  # 301 bytes each
+        assert [e[0] for e in await broker.areplay(name, "", 100, 1000)] == ids[:4]  # 1,204 >= 1,000
+        assert [e[0] for e in await broker.areplay(name, ids[0], 100, 903)] == ids[1:4]  # exactly 903
+        assert [e[0] for e in await broker.areplay(name, ids[0], 100, 5000)] == ids[1:]
+        assert [e[0] for e in await broker.areplay(name, ids[0], 2, 5000)] == ids[1:3]
+        assert await broker.areplay(name, ids[8], 100, 10) == [(ids[9], "n", letter * length)]
+        pages = [[e[0] for e in page] async for page in broker.pages(name, "")]
+        assert pages == [ids[:4], ids[4:8], ids[8:]], letter
+
+
+async def test_one_event_larger_than_the_budget_is_a_page_of_its_own(backend, stream, settings):
+    settings.SSE_MAX_BUFFER = 1000
+    small = await apublish(stream, "n", text="a")
+    large = await apublish(stream, "n", text="b" * 5000)
+    after = await apublish(stream, "n", text="c")
+    pages = [[e[0] for e in page] async for page in get_broker().pages(stream, small)]
+    assert pages == [[large], [after]]
+    assert await get_broker().areplay(stream, "9-9", 10, 1000) is None, "not in the log"
 
 
 async def test_a_read_already_running_is_not_shared_with_a_later_caller():

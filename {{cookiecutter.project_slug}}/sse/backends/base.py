@@ -29,6 +29,11 @@ REPLAY_PAGE = 500  # entries per Redis round trip, at most
 REPLAY_RETRIES = (0.25, 0.5)
 
 
+def size(entry: Entry) -> int:
+    """What an entry counts against a byte budget: its event name and data, in UTF-8."""
+    return len(entry[1].encode()) + len(entry[2].encode())
+
+
 class BrokerUnavailable(RuntimeError):
     """Redis could not be reached; the message says where (without the password)."""
 
@@ -101,11 +106,13 @@ class Broker:
     async def apublish(self, stream: str, event: str, data: Any, text: str | None = None) -> str:
         raise NotImplementedError
 
-    async def areplay(self, stream: str, after: str, count: int) -> list[Entry] | None:
+    async def areplay(self, stream: str, after: str, count: int, max_bytes: int = 0) -> list[Entry] | None:
         """Up to ``count`` entries after ``after``; None when ``after`` is not in the log.
 
-        An empty ``after`` means from the start of the log (a multi-stream client
-        whose stream had no events yet when it connected).
+        With ``max_bytes``, the page ends with the entry that brings the bytes of its
+        event names and data (:func:`size`) to ``max_bytes`` or more; the first entry
+        always comes. An empty ``after`` means from the start of the log (a multi-stream
+        client whose stream had no events yet when it connected).
         """
         raise NotImplementedError
 
@@ -120,37 +127,40 @@ class Broker:
         """Every entry after ``after``, in order, in pages of about min(256 KB, ``SSE_MAX_BUFFER``).
 
         Yields None (and stops) when ``after``, or a later page's start, is no
-        longer in the log. Small events come in few round trips, large ones
-        without a memory spike.
+        longer in the log. Small events come in one round trip, large ones without
+        a memory spike: a page holds one entry past the budget at most.
         """
-        # Redis can't limit a page by bytes, only by count, and sizes are unknown
-        # until entries arrive: the first page is one entry (ten of 1 MiB were
-        # 10 MiB held per replaying client, several times over: reply, text,
-        # frames). Then a page holds as many of the largest entry seen so far as
-        # fit the budget, at most twice the last count.
         budget = min(262_144, setting("SSE_MAX_BUFFER", 1_048_576) or 262_144)
-        cursor, count, largest = after, 1, 1
+        cursor = after
         shared = self.__dict__.setdefault("_shared_reads", SharedReads())
         while True:
-            read = functools.partial(self.areplay, stream, cursor, count)
+            read = functools.partial(self._page, stream, cursor, budget)
             for pause in (*REPLAY_RETRIES, None):
                 try:
-                    entries = await shared.read((stream, cursor, count), read)
+                    page = await shared.read((stream, cursor), read)
                     break
                 except BrokerUnavailable:
                     if pause is None:
                         raise
                     await asyncio.sleep(pause)
-            if entries is None:
+            if page is None:
                 yield None
                 return
+            entries, more = page
             if entries:
                 yield entries
-            if len(entries) < count:
+            if not more:
                 return
             cursor = entries[-1][0]
-            largest = max(largest, *(len(data) for _id, _event, data in entries))
-            count = max(1, min(REPLAY_PAGE, count * 2, budget // largest))
+
+    async def _page(self, stream: str, after: str, budget: int) -> tuple[list[Entry], bool] | None:
+        """One page, and whether the log may go on past it: worked out once per shared read."""
+        entries = await self.areplay(stream, after, REPLAY_PAGE, budget)
+        if entries is None:
+            return None
+        # A page the budget ended may be followed by more; so may a full one.
+        more = len(entries) >= REPLAY_PAGE or sum(map(size, entries)) >= budget
+        return entries, more
 
     def feed(self, hub: Sink) -> Feed:
         """The feed that brings this backend's live events to ``hub``, one per hub."""

@@ -7,7 +7,7 @@ import weakref
 from collections import deque
 from typing import Any
 
-from sse.backends.base import Broker, Entry, Feed, Sink, prepare
+from sse.backends.base import Broker, Entry, Feed, Sink, prepare, size
 from sse.conf import setting
 from sse.encoding import (
     parse_id,
@@ -39,10 +39,6 @@ class Log:
             or (max_age_ms > 0 and parse_id(entries[0][0])[0] < now_ms - max_age_ms)
         ):
             self.bytes -= size(entries.popleft())
-
-
-def size(entry: Entry) -> int:
-    return len(entry[1].encode()) + len(entry[2].encode())
 
 
 class NullFeed:
@@ -105,18 +101,24 @@ class MemoryBroker(Broker):
         log.trim(now_ms)
         return log.entries
 
-    async def areplay(self, stream: str, after: str, count: int) -> list[Entry] | None:
-        if not after:
-            with self._lock:
-                return list(itertools.islice(self._entries(stream), count))
-        ms, seq, _ = parse_id(after)
-        base = f"{ms}-{seq}"
+    async def areplay(self, stream: str, after: str, count: int, max_bytes: int = 0) -> list[Entry] | None:
         with self._lock:  # no copy of the whole log for each page
             entries = self._entries(stream)
-            for index, (id, _event, _data) in enumerate(entries):
-                if id == base:
-                    return list(itertools.islice(entries, index + 1, index + 1 + count))
-        return None
+            start = 0
+            if after:
+                ms, seq, _ = parse_id(after)
+                base = f"{ms}-{seq}"
+                start = next((index + 1 for index, entry in enumerate(entries) if entry[0] == base), -1)
+                if start < 0:
+                    return None
+            page, used = [], 0
+            for entry in itertools.islice(entries, start, start + count):
+                page.append(entry)
+                if max_bytes:
+                    used += size(entry)
+                    if used >= max_bytes:
+                        break
+            return page
 
     async def alast_id(self, stream: str) -> str | None:
         with self._lock:

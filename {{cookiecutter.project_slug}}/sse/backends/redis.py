@@ -99,6 +99,40 @@ return id
 """
 
 
+# KEYS: the stream. ARGV: after ('' for the log's start), count, max bytes (0: no bound).
+# At most count entries after `after`, stopping once their event names and data reach max
+# bytes: the entry that reaches it is the page's last. So a page is one round trip sized in
+# bytes from the start, where XRANGE alone can only count entries. Inside Redis the log is
+# read a chunk at a time, each chunk sized by the largest entry seen so far. False (nil)
+# when `after` is no longer in the log.
+REPLAY_SCRIPT = """
+local key, after, count, max_bytes = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local start = '-'
+if after ~= '' then
+  if #redis.call('XRANGE', key, after, after) == 0 then return false end
+  start = '(' .. after
+end
+local page, bytes, largest = {}, 0, 0
+while #page < count do
+  local want = count - #page
+  if max_bytes > 0 then
+    want = math.min(want, largest == 0 and 1 or math.max(1, math.ceil((max_bytes - bytes) / largest)))
+  end
+  local chunk = redis.call('XRANGE', key, start, '+', 'COUNT', want)
+  for _, entry in ipairs(chunk) do
+    local size = 0
+    for i = 2, #entry[2], 2 do size = size + #entry[2][i] end
+    page[#page + 1] = entry
+    bytes, largest = bytes + size, math.max(largest, size)
+    if max_bytes > 0 and bytes >= max_bytes then return page end
+  end
+  if #chunk < want then break end
+  start = '(' .. chunk[#chunk][1]
+end
+return page
+"""
+
+
 def raise_swallowed_cancel() -> None:
     """Raise the cancellation of the current task if a Redis call swallowed it.
 
@@ -248,25 +282,18 @@ class RedisBroker(Broker):
         except self.errors as exc:
             raise self.unavailable(exc) from None
 
-    async def areplay(self, stream: str, after: str, count: int) -> list[Entry] | None:
-        if not after:
-            try:
-                rows = await self.aclient().xrange(self.key(stream), min="-", count=count)
-            except self.errors as exc:
-                raise self.unavailable(exc) from None
-            raise_swallowed_cancel()
-            return [self._entry(row) for row in rows]
-        ms, seq, _ = parse_id(after)
-        base = f"{ms}-{seq}"
+    async def areplay(self, stream: str, after: str, count: int, max_bytes: int = 0) -> list[Entry] | None:
+        if after:
+            ms, seq, _ = parse_id(after)
+            after = f"{ms}-{seq}"
         try:
-            # Inclusive range: the first entry proves `after` is still in the log.
-            rows = await self.aclient().xrange(self.key(stream), min=base, count=count + 1)
+            rows = await self.aclient().register_script(REPLAY_SCRIPT)([self.key(stream)], [after, count, max_bytes])
         except self.errors as exc:
             raise self.unavailable(exc) from None
         raise_swallowed_cancel()
-        if not rows or rows[0][0].decode() != base:
+        if rows is None:
             return None
-        return [self._entry(row) for row in rows[1:]]
+        return [self._entry(row) for row in rows]
 
     async def alast_id(self, stream: str) -> str | None:
         try:
@@ -287,6 +314,8 @@ class RedisBroker(Broker):
     @staticmethod
     def _entry(row: Any) -> Entry:
         id, fields = row
+        if isinstance(fields, list):  # from a script: the field-value pairs, as Redis sends them
+            fields = dict(zip(fields[::2], fields[1::2], strict=True))
         return id.decode(), fields[b"event"].decode(), fields[b"data"].decode()
 
     def feed(self, hub: Sink) -> Feed:
