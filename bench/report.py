@@ -292,7 +292,7 @@ def targets(data: dict, systems: list[str]) -> list[str]:
         mark = "n/a" if ok is None else ("met" if ok else "NOT met")
         out.append(f"| {text} | {mark} |")
 
-    for system, rss_limit, p99_limit in (("ours-channels", 25, 100), ("ours-async_view", 40, 150)):
+    for system, rss_limit, p99_limit in (("ours-channels", 22, 100), ("ours-async_view", 30, 150)):
         if system not in systems:
             continue
         idle = results(data, "idle", system)
